@@ -1,0 +1,141 @@
+"""Train-step speed: xt5 (float32 and bf16 activations) vs HF PyTorch T5 on the same shapes.
+
+  python -m bench.train_step [--batch 8 --inputs 512 --targets 114 --iters 3]
+
+T5.1.1-small shapes, Adafactor on both sides, no padding. Also measures this machine's fp32
+matmul ceiling (the faster of XLA and PyTorch on a large square matmul) so the GFLOP/s column
+reads as a fraction of what the hardware gives. Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bench.util import emit_json, print_table, time_calls
+from models import flops, losses
+from models.config import T5Config
+from models.network import Transformer
+
+SMALL = T5Config()  # T5.1.1-small: 512 d_model, 6 heads, 8+8 layers, d_ff 1024, GEGLU
+
+
+def t5x_adafactor(learning_rate=1e-3):
+  """Adafactor with T5X's defaults (DESIGN §3)."""
+  return optax.adafactor(learning_rate, decay_rate=0.8, clipping_threshold=1.0,
+                         multiply_by_parameter_scale=True, momentum=None,
+                         min_dim_size_to_factor=128)
+
+
+def make_batch(cfg, batch, inputs_len, targets_len, seed=0):
+  rng = np.random.default_rng(seed)
+  enc = rng.integers(2, cfg.vocab_size, (batch, inputs_len)).astype(np.int32)
+  tgt = rng.integers(2, cfg.vocab_size, (batch, targets_len)).astype(np.int32)
+  dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
+  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+          "decoder_target_tokens": tgt}
+
+
+def xt5_step_time(cfg, batch_np, iters):
+  module = Transformer(cfg)
+  tx = t5x_adafactor()
+  batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
+  params = nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), batch["encoder_input_tokens"],
+                                         batch["decoder_input_tokens"])["params"])
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    grad_fn = jax.value_and_grad(lambda p: losses.loss_fn(module, p, batch), has_aux=True)
+    (loss, _), grads = grad_fn(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  state = [params, opt_state]
+
+  def run():
+    state[0], state[1], loss = step(state[0], state[1], batch)
+    loss.block_until_ready()
+
+  return time_calls(run, warmup=1, iters=iters)
+
+
+def hf_step_time(cfg, batch_np, iters, bf16_autocast):
+  import torch
+  import transformers
+
+  hf_cfg = transformers.T5Config(
+      vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim, d_ff=cfg.d_ff,
+      num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
+      num_heads=cfg.num_heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  torch.manual_seed(0)
+  model = transformers.T5ForConditionalGeneration(hf_cfg).train()
+  opt = torch.optim.Adafactor(model.parameters(), lr=1e-3)
+  enc = torch.as_tensor(batch_np["encoder_input_tokens"], dtype=torch.long)
+  labels = torch.as_tensor(batch_np["decoder_target_tokens"], dtype=torch.long)
+
+  def run():
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast):
+      loss = model(input_ids=enc, attention_mask=enc != 0, labels=labels).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+  return time_calls(run, warmup=1, iters=iters)
+
+
+def fp32_matmul_ceiling(n=2048):
+  """GFLOP/s of an n×n×n fp32 matmul, the better of XLA and PyTorch."""
+  import torch
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+  mm = jax.jit(lambda x, y: x @ y)
+  t_jax = time_calls(lambda: mm(a, a).block_until_ready(), warmup=2, iters=5)
+  ta = torch.randn(n, n)
+  t_torch = time_calls(lambda: ta @ ta, warmup=2, iters=5)
+  return 2 * n**3 / min(t_jax, t_torch) / 1e9
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--inputs", type=int, default=512)
+  p.add_argument("--targets", type=int, default=114)
+  p.add_argument("--iters", type=int, default=3)
+  args = p.parse_args(argv)
+
+  batch_np = make_batch(SMALL, args.batch, args.inputs, args.targets)
+  step_flops = flops.train_step_matmul_flops(SMALL, args.batch, args.inputs, args.targets)
+  target_tokens = args.batch * args.targets
+  ceiling = fp32_matmul_ceiling()
+  times = {
+      "xt5 fp32": xt5_step_time(SMALL, batch_np, args.iters),
+      "xt5 bf16": xt5_step_time(SMALL.replace(dtype="bfloat16"), batch_np, args.iters),
+      "hf fp32": hf_step_time(SMALL, batch_np, args.iters, bf16_autocast=False),
+      "hf bf16-autocast": hf_step_time(SMALL, batch_np, args.iters, bf16_autocast=True),
+  }
+  rows = [[name, t, target_tokens / t, step_flops / t / 1e9, step_flops / t / 1e9 / ceiling]
+          for name, t in times.items()]
+  print(f"t5.1.1-small train step, batch {args.batch}, inputs {args.inputs}, targets "
+        f"{args.targets}, Adafactor; {step_flops / 1e9:.1f} matmul GFLOP/step; fp32 matmul "
+        f"ceiling {ceiling:.1f} GFLOP/s on {jax.devices()[0].device_kind}")
+  print_table(["run", "s/step", "target tok/s", "GFLOP/s", "of ceiling"], rows)
+  best_xt5 = min(times["xt5 fp32"], times["xt5 bf16"])
+  emit_json({
+      "bench": "train_step",
+      "xt5_fp32_s": times["xt5 fp32"], "xt5_bf16_s": times["xt5 bf16"],
+      "hf_fp32_s": times["hf fp32"], "hf_bf16_s": times["hf bf16-autocast"],
+      "ratio_vs_hf_fp32": times["hf fp32"] / times["xt5 fp32"],
+      "ratio_vs_hf_bf16": times["hf bf16-autocast"] / times["xt5 bf16"],
+      "fraction_of_fp32_ceiling": step_flops / best_xt5 / 1e9 / ceiling,
+      "fp32_ceiling_gflops": ceiling,
+  })
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,84 @@
+"""The one config object every network in the T5 family is built from.
+
+Variants differ by field values, never by code: T5.1.0 is ReLU + tied logits, T5.1.1/mT5 are
+GEGLU + untied, ByT5 is GEGLU with a deep encoder and a shallow decoder. Gin files under
+`configs/models/` bind these fields; this module knows nothing of gin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+# A prefix LM is a decoder-only model fed `decoder_causal_attention` (T5X convention).
+ARCHITECTURES = ("encoder_decoder", "decoder_only")
+REMAT_POLICIES = ("none", "full", "minimal")
+MLP_ACTIVATIONS = ("relu", "gelu", "silu", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Shapes and options of a T5-family Transformer.
+
+  Defaults are T5.1.1-small. `dtype` is the activation dtype; params are always float32.
+  """
+
+  vocab_size: int = 32128
+  d_model: int = 512
+  num_heads: int = 6
+  head_dim: int = 64
+  d_ff: int = 1024
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  # ('gelu', 'linear') is GEGLU (T5.1.1, mT5, ByT5); ('relu',) is T5.1.0's plain ReLU MLP.
+  mlp_activations: tuple[str, ...] = ("gelu", "linear")
+  # T5.1.0 ties the output projection to the token embedding (and rescales by 1/sqrt(d_model)).
+  logits_via_embedding: bool = False
+  dropout_rate: float = 0.0
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+  dtype: str = "float32"
+  architecture: str = "encoder_decoder"
+  scan_layers: bool = False
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    if self.architecture not in ARCHITECTURES:
+      raise ValueError(f"architecture={self.architecture!r}; expected one of {ARCHITECTURES}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
+    for act in self.mlp_activations:
+      if act not in MLP_ACTIVATIONS:
+        raise ValueError(f"unknown MLP activation {act!r} in mlp_activations; expected one of "
+                         f"{MLP_ACTIVATIONS}")
+    # gin hands lists where a tuple is declared; normalise so configs compare and hash.
+    object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+
+  @property
+  def activation_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def inner_dim(self) -> int:
+    return self.num_heads * self.head_dim
+
+  def replace(self, **changes) -> T5Config:
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> T5Config:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"unknown T5Config fields {unknown}; known: {sorted(names)}")
+    d = dict(d)
+    if "mlp_activations" in d:
+      d["mlp_activations"] = tuple(d["mlp_activations"])
+    return cls(**d)

@@ -1,0 +1,240 @@
+"""The T5 family as one Flax Linen module: encoder-decoder, decoder-only and prefix-LM.
+
+Module names follow T5X (`token_embedder`, `encoder/layers_0/attention/query`, ...), so
+checkpoint import is a renaming. With `scan_layers` the layers are one stacked module `layers`
+whose params gain a leading 'layers' axis.
+
+Inputs use seqio's feature-converter names. Padding is token id 0; packed rows carry
+`*_segment_ids` (0 = padding). Attention masks only keys (as HF does), so every output row,
+padding included, is finite.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models import layers
+from models.config import T5Config
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # keep weight matmul outputs, recompute the cheap elementwise work and attention.
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def mask_to_bias(mask):
+  return jnp.where(mask, 0.0, layers.NEG_INF).astype(jnp.float32)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BTD, bias_BHTS):
+    cfg = self.config
+    norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
+    drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    h = norm("pre_attention_layer_norm")(x_BTD)
+    h = layers.MultiHeadAttention(cfg, self.deterministic, name="attention")(h, h, bias_BHTS)
+    x_BTD = x_BTD + drop(h, deterministic=self.deterministic)
+    h = norm("pre_mlp_layer_norm")(x_BTD)
+    h = layers.MLP(cfg, self.deterministic, name="mlp")(h)
+    x_BTD = x_BTD + drop(h, deterministic=self.deterministic)
+    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), None
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+  deterministic: bool = True
+  decode: bool = False
+  cross_attention: bool = True
+  max_length: int | None = None  # decode-cache length
+
+  @nn.compact
+  def __call__(self, x_BTD, self_bias_BHTS, encoded_BSD, cross_bias_BHTS, cache_index):
+    cfg = self.config
+    norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
+    drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    attn = lambda name: layers.MultiHeadAttention(cfg, self.deterministic, self.decode, name=name)
+    h = norm("pre_self_attention_layer_norm")(x_BTD)
+    h = attn("self_attention")(h, h, self_bias_BHTS, cache_index, self.max_length)
+    x_BTD = x_BTD + drop(h, deterministic=self.deterministic)
+    if self.cross_attention:
+      h = norm("pre_cross_attention_layer_norm")(x_BTD)
+      h = attn("encoder_decoder_attention")(h, encoded_BSD, cross_bias_BHTS)
+      x_BTD = x_BTD + drop(h, deterministic=self.deterministic)
+    h = norm("pre_mlp_layer_norm")(x_BTD)
+    h = layers.MLP(cfg, self.deterministic, name="mlp")(h)
+    x_BTD = x_BTD + drop(h, deterministic=self.deterministic)
+    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), None
+
+
+def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x, args, **layer_attrs):
+  """Applies `num_layers` copies of `layer_cls`, scanned or unrolled, with optional remat."""
+  if cfg.remat_policy != "none":
+    layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy],
+                         prevent_cse=not cfg.scan_layers)
+  if cfg.scan_layers:
+    stack = nn.scan(
+        layer_cls,
+        # cache leaves keep batch first ([B, layers, ...]) so decoding can reorder beams
+        # without knowing whether layers are scanned.
+        variable_axes={"params": 0, "cache": 1},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * len(args),
+        length=num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg, name="layers", **layer_attrs)
+    x, _ = stack(x, *args)
+    return x
+  for i in range(num_layers):
+    x, _ = layer_cls(cfg, name=f"layers_{i}", **layer_attrs)(x, *args)
+  return x
+
+
+class Encoder(nn.Module):
+  config: T5Config
+  token_embedder: layers.Embed
+
+  @nn.compact
+  def __call__(self, tokens_BS, segment_ids_BS=None, deterministic=True):
+    cfg = self.config
+    S = tokens_BS.shape[1]
+    key_ok = (tokens_BS > 0)[:, None, None, :]
+    if segment_ids_BS is not None:
+      key_ok = key_ok & (segment_ids_BS[:, None, :, None] == segment_ids_BS[:, None, None, :])
+    pos = jnp.arange(S)
+    bias_BHSS = mask_to_bias(key_ok) + layers.RelativePositionBias(
+        cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        bidirectional=True, name="relpos_bias")(pos, pos)
+    x = self.token_embedder(tokens_BS)
+    x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = _run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, (bias_BHSS,),
+                    deterministic=deterministic)
+    x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
+    return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  """Decoder stack; with `encoded=None` it is a decoder-only LM (no cross-attention)."""
+  config: T5Config
+  token_embedder: layers.Embed
+
+  @nn.compact
+  def __call__(self, tokens_BT, self_mask_BHTS, query_positions_T, key_positions_S,
+               encoded_BSD=None, cross_mask_BHTS=None, *, deterministic=True, decode=False,
+               cache_index=None, max_length=None):
+    cfg = self.config
+    bias = mask_to_bias(self_mask_BHTS) + layers.RelativePositionBias(
+        cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        bidirectional=False, name="relpos_bias")(query_positions_T, key_positions_S)
+    cross_bias = None if cross_mask_BHTS is None else mask_to_bias(cross_mask_BHTS)
+    x = self.token_embedder(tokens_BT)
+    x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = _run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, x,
+                    (bias, encoded_BSD, cross_bias, cache_index),
+                    deterministic=deterministic, decode=decode,
+                    cross_attention=encoded_BSD is not None, max_length=max_length)
+    x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(x)
+    x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+    if cfg.logits_via_embedding:
+      logits = self.token_embedder.attend(x) / jnp.sqrt(cfg.d_model).astype(jnp.float32)
+    else:
+      kernel = self.param(
+          "logits_dense",
+          nn.with_logical_partitioning(nn.initializers.variance_scaling(
+              1.0, "fan_in", "truncated_normal"), ("embed", "vocab")),
+          (cfg.d_model, cfg.vocab_size), jnp.float32)
+      logits = layers.dot(x, kernel, cfg.activation_dtype)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+def _segment_mask(q_seg_BT, k_seg_BS):
+  if q_seg_BT is None or k_seg_BS is None:
+    return True
+  return q_seg_BT[:, None, :, None] == k_seg_BS[:, None, None, :]
+
+
+class Transformer(nn.Module):
+  """The whole network. `config.architecture` picks encoder-decoder or decoder-only.
+
+  Methods (call through `apply(..., method=...)`):
+    __call__      teacher-forced logits [B, T, V] (float32) for a feature-converter batch.
+    encode        encoder output [B, S, D].
+    decode        teacher-forced decoder logits given an encoder output.
+    decode_step   cached decoding: logits for T new tokens at [cache_index, cache_index + T).
+  """
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.d_model, cfg.activation_dtype)
+    if cfg.architecture == "encoder_decoder":
+      self.encoder = Encoder(cfg, self.token_embedder)
+    self.decoder = Decoder(cfg, self.token_embedder)
+
+  @property
+  def is_encoder_decoder(self) -> bool:
+    return self.config.architecture == "encoder_decoder"
+
+  def __call__(self, encoder_input_tokens=None, decoder_input_tokens=None,
+               decoder_target_tokens=None, encoder_segment_ids=None, decoder_segment_ids=None,
+               encoder_positions=None, decoder_positions=None, decoder_causal_attention=None,
+               deterministic=True):
+    # *_positions are accepted for the feature-converter contract; relative attention only
+    # needs position differences inside a segment, which arange already gives.
+    del encoder_positions, decoder_positions, decoder_target_tokens
+    encoded = None
+    if self.is_encoder_decoder:
+      encoded = self.encode(encoder_input_tokens, encoder_segment_ids, deterministic)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
+                       decoder_segment_ids, decoder_causal_attention, deterministic)
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, deterministic=True):
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic=deterministic)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
+             decoder_segment_ids=None, decoder_causal_attention=None, deterministic=True):
+    T = decoder_input_tokens.shape[1]
+    pos = jnp.arange(T)
+    self_mask = (pos[None, :] <= pos[:, None])[None, None]  # [1, 1, T, T] causal
+    if decoder_causal_attention is not None:  # prefix LM: bidirectional over the inputs
+      prefix = decoder_causal_attention.astype(bool)
+      self_mask = self_mask | (prefix[:, None, :, None] & prefix[:, None, None, :])
+    self_mask = self_mask & _segment_mask(decoder_segment_ids, decoder_segment_ids)
+    cross_mask = None
+    if encoded is not None:
+      cross_mask = (encoder_input_tokens > 0)[:, None, None, :] & _segment_mask(
+          decoder_segment_ids, encoder_segment_ids)
+    return self.decoder(decoder_input_tokens, self_mask, pos, pos, encoded, cross_mask,
+                        deterministic=deterministic)
+
+  def decode_step(self, decoder_input_tokens_BT, cache_index, max_length: int, encoded=None,
+                  encoder_input_tokens=None, prefix_length_B=None):
+    """Logits [B, T, V] for tokens at positions [cache_index, cache_index + T), using and
+    updating the 'cache' collection (call with `mutable=['cache']`).
+
+    The first call (on an empty cache) creates self-attention buffers of `max_length` and
+    projects `encoded` once for cross-attention; later calls reuse them. `prefix_length_B`
+    makes the first `prefix_length` positions mutually visible (prefix-LM prompts).
+    """
+    T = decoder_input_tokens_BT.shape[1]
+    q_pos = cache_index + jnp.arange(T)
+    k_pos = jnp.arange(max_length)
+    self_mask = (k_pos[None, :] <= q_pos[:, None])[None, None]
+    if prefix_length_B is not None:
+      in_prefix_q = q_pos[None, :] < prefix_length_B[:, None]
+      in_prefix_k = k_pos[None, :] < prefix_length_B[:, None]
+      self_mask = self_mask | (in_prefix_q[:, None, :, None] & in_prefix_k[:, None, None, :])
+    cross_mask = None
+    if encoded is not None:
+      cross_mask = (encoder_input_tokens > 0)[:, None, None, :]
+    return self.decoder(decoder_input_tokens_BT, self_mask, q_pos, k_pos, encoded, cross_mask,
+                        deterministic=True, decode=True, cache_index=cache_index,
+                        max_length=max_length)

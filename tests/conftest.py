@@ -1,0 +1,20 @@
+"""Process-wide settings for the test suite.
+
+pytest imports this before any test module, so the environment below is in place before the first
+`import jax` (XLA reads these flags when its backend starts).
+"""
+
+import os
+
+# 8 fake CPU devices so mesh / sharding tests run without accelerators.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# jax 0.10.2 on a 2-core CPU can deadlock in collectives across 8 devices without this (DESIGN §6).
+os.environ.setdefault("PJRT_NPROC", "16")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never download: Hugging Face models/tokenizers are built locally by the tests themselves.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
