@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import argparse
 
+from models import runtime
+
+runtime.configure()  # before JAX starts its backend
+
+
 import jax
 import numpy as np
 

@@ -27,13 +27,51 @@ def _param(module: nn.Module, name: str, init, shape, axes):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
-def dot(x, kernel, dtype, contract_dims: int = 1):
-  """x[..., in...] @ kernel[in..., out...] in `dtype`, accumulated and returned in float32."""
-  x_dims = tuple(range(x.ndim - contract_dims, x.ndim))
-  k_dims = tuple(range(contract_dims))
-  return jax.lax.dot_general(
-      x.astype(dtype), kernel.astype(dtype), ((x_dims, k_dims), ((), ())),
+def dot(x, kernel, dtype, contract_dims: int = 1, out_dtype=None):
+  """x[..., in...] @ kernel[in..., out...]: operands in `dtype`, accumulated in float32, result
+  in `out_dtype` (default `dtype`).
+
+  The backward pass also multiplies in `dtype` (a custom VJP): plain autodiff would hand the
+  transposed matmuls a float32 cotangent and run them at float32 speed, half the bf16 rate.
+  The kernel's gradient comes back in float32, the params' dtype.
+  """
+  return _mixed_dot(x, kernel, jnp.dtype(dtype), contract_dims,
+                    jnp.dtype(dtype if out_dtype is None else out_dtype))
+
+
+def _dot_dims(x_ndim: int, contract_dims: int):
+  return ((tuple(range(x_ndim - contract_dims, x_ndim)), tuple(range(contract_dims))), ((), ()))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _mixed_dot(x, kernel, dtype, contract_dims, out_dtype):
+  return _mixed_dot_fwd(x, kernel, dtype, contract_dims, out_dtype)[0]
+
+
+def _mixed_dot_fwd(x, kernel, dtype, contract_dims, out_dtype):
+  x_c, k_c = x.astype(dtype), kernel.astype(dtype)
+  y = jax.lax.dot_general(x_c, k_c, _dot_dims(x.ndim, contract_dims),
+                          preferred_element_type=jnp.float32)
+  # an empty array carries x's dtype (residuals must be arrays) for dx
+  return y.astype(out_dtype), (x_c, k_c, jnp.zeros((0,), x.dtype))
+
+
+def _mixed_dot_bwd(dtype, contract_dims, out_dtype, residuals, g):
+  x_c, k_c, x_like = residuals
+  g = g.astype(dtype)
+  n_batch = x_c.ndim - contract_dims  # x's leading (non-contracted) dims
+  # dx[..., in] = g[..., out] . k[in, out]
+  dx = jax.lax.dot_general(
+      g, k_c, ((tuple(range(n_batch, g.ndim)), tuple(range(contract_dims, k_c.ndim))), ((), ())),
       preferred_element_type=jnp.float32)
+  # dk[in, out] = x[..., in] . g[..., out], summed over the leading dims
+  dk = jax.lax.dot_general(
+      x_c, g, ((tuple(range(n_batch)), tuple(range(n_batch))), ((), ())),
+      preferred_element_type=jnp.float32)
+  return dx.astype(x_like.dtype), dk
+
+
+_mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
 
 
 class RMSNorm(nn.Module):
@@ -120,9 +158,9 @@ class RelativePositionBias(nn.Module):
     buckets_TS = relative_position_bucket(
         key_positions_S[None, :] - query_positions_T[:, None], self.bidirectional,
         self.num_buckets, self.max_distance)
-    # one-hot matmul instead of a gather: cheaper to differentiate and shards over heads cleanly.
-    onehot_TSN = jax.nn.one_hot(buckets_TS, self.num_buckets, dtype=jnp.float32)
-    return jnp.einsum("hn,tsn->hts", rel_embedding, onehot_TSN)[None]  # [1, H, T, S]
+    # a gather: its gradient is a scatter-add into [H, buckets], far cheaper than contracting
+    # the [T, S] gradient with a [T, S, buckets] one-hot.
+    return jnp.take(rel_embedding, buckets_TS, axis=1)[None]  # [1, H, T, S]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,16 +192,14 @@ class MultiHeadAttention(nn.Module):
     value = _param(self, "value", _attn_init, (D, H, K), ("embed", "heads", "kv"))
     out = _param(self, "out", _attn_init, (H, K, D), ("heads", "kv", "embed"))
 
-    q_BTHK = dot(x_q_BTD, query, dtype).astype(dtype)
+    q_BTHK = dot(x_q_BTD, query, dtype)
     q_BTHK = nn.with_logical_constraint(q_BTHK, ("batch", "length", "heads", "kv"))
 
     def project_kv(x_BSD):
       # head-major K/V: the decode caches keep this layout, so no per-step transposes.
       kv_axes = ("batch", "heads", "length", "kv")
-      k = jnp.einsum("bsd,dhk->bhsk", x_BSD.astype(dtype), key.astype(dtype),
-                     preferred_element_type=jnp.float32).astype(dtype)
-      v = jnp.einsum("bsd,dhk->bhsk", x_BSD.astype(dtype), value.astype(dtype),
-                     preferred_element_type=jnp.float32).astype(dtype)
+      k = jnp.swapaxes(dot(x_BSD, key, dtype), 1, 2)
+      v = jnp.swapaxes(dot(x_BSD, value, dtype), 1, 2)
       return nn.with_logical_constraint(k, kv_axes), nn.with_logical_constraint(v, kv_axes)
 
     if self.decode and cache_index is not None:  # cached self-attention
@@ -186,17 +222,20 @@ class MultiHeadAttention(nn.Module):
     else:
       k_BHSK, v_BHSK = project_kv(x_kv_BSD)
 
+    # logits stored in `dtype` (T5X's default), softmax in float32: in bf16 this halves the
+    # traffic of the largest tensors, [B, H, T, S].
     logits_BHTS = jnp.einsum("bthk,bhsk->bhts", q_BTHK, k_BHSK,
-                             preferred_element_type=jnp.float32)
+                             preferred_element_type=jnp.float32).astype(dtype)
+    logits_BHTS = logits_BHTS.astype(jnp.float32)
     if bias_BHTS is not None:
       logits_BHTS = logits_BHTS + bias_BHTS
-    weights_BHTS = jax.nn.softmax(logits_BHTS, axis=-1)
+    weights_BHTS = jax.nn.softmax(logits_BHTS, axis=-1).astype(dtype)
     if not self.deterministic and cfg.dropout_rate > 0:
       weights_BHTS = nn.Dropout(cfg.dropout_rate)(weights_BHTS, deterministic=False)
-    ctx_BTHK = jnp.einsum("bhts,bhsk->bthk", weights_BHTS.astype(dtype), v_BHSK,
+    ctx_BTHK = jnp.einsum("bhts,bhsk->bthk", weights_BHTS, v_BHSK,
                           preferred_element_type=jnp.float32).astype(dtype)
     ctx_BTHK = nn.with_logical_constraint(ctx_BTHK, ("batch", "length", "heads", "kv"))
-    return dot(ctx_BTHK, out, dtype, contract_dims=2).astype(dtype)
+    return dot(ctx_BTHK, out, dtype, contract_dims=2)
 
 
 class MLP(nn.Module):
@@ -213,14 +252,14 @@ class MLP(nn.Module):
     for i, act in enumerate(acts):
       name = "wi" if len(acts) == 1 else f"wi_{i}"
       wi = _param(self, name, _mlp_init, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
-      y = dot(x_BTD, wi, dtype)
-      y = _activation(act)(y)
+      # the activation runs on the float32 accumulator, before rounding to `dtype`
+      y = _activation(act)(dot(x_BTD, wi, dtype, out_dtype=jnp.float32))
       h_BTF = y if h_BTF is None else h_BTF * y
     h_BTF = nn.with_logical_constraint(h_BTF.astype(dtype), ("batch", "length", "mlp"))
     if not self.deterministic and cfg.dropout_rate > 0:
       h_BTF = nn.Dropout(cfg.dropout_rate)(h_BTF, deterministic=False)
     wo = _param(self, "wo", _mlp_init, (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
-    return dot(h_BTF, wo, dtype).astype(dtype)
+    return dot(h_BTF, wo, dtype)
 
 
 def _activation(name: str):

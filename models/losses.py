@@ -6,10 +6,12 @@ scalar loss and a metrics dict out.
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # loss_normalizing_factor: a number (divide the summed loss by it) or one of these.
 NORMALIZE_SUM = "sum"  # no normalisation
@@ -28,21 +30,58 @@ def cross_entropy_with_logits(logits_BTV, targets_BT, z_loss: float = 1e-4,
   over the other V-1 tokens; the smoothed distribution's entropy is subtracted, as in T5X, so
   a perfect prediction scores 0.
   """
+  return _token_loss(logits_BTV, targets_BT, float(z_loss), float(label_smoothing))
+
+
+def _smoothing(V: int, label_smoothing: float):
+  """(confidence, low, normalizer): target weight, other-token weight, entropy constant."""
+  confidence = 1.0 - label_smoothing
+  low = label_smoothing / (V - 1)
+  normalizer = -(confidence * np.log(confidence) + (V - 1) * low * np.log(low + 1e-20))
+  return confidence, low, float(normalizer)
+
+
+# A custom VJP (as T5X does): the gradient is softmax * c - target weights, written in one
+# fused pass over [B, T, V]; autodiff would scatter into a zero [B, T, V] buffer and keep the
+# log-softmax around.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _token_loss(logits_BTV, targets_BT, z_loss, label_smoothing):
+  return _token_loss_fwd(logits_BTV, targets_BT, z_loss, label_smoothing)[0]
+
+
+def _token_loss_fwd(logits_BTV, targets_BT, z_loss, label_smoothing):
   logits = logits_BTV.astype(jnp.float32)
   V = logits.shape[-1]
   log_z_BT = jax.nn.logsumexp(logits, axis=-1)
-  log_probs_BTV = logits - log_z_BT[..., None]
-  target_lp_BT = jnp.take_along_axis(log_probs_BTV, targets_BT[..., None], axis=-1)[..., 0]
+  target_lp_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0] - log_z_BT
   if label_smoothing > 0:
-    confidence = 1.0 - label_smoothing
-    low = label_smoothing / (V - 1)
-    normalizer = -(confidence * jnp.log(confidence) + (V - 1) * low * jnp.log(low + 1e-20))
-    loss_BT = -(confidence * target_lp_BT
-                + low * (jnp.sum(log_probs_BTV, axis=-1) - target_lp_BT)) - normalizer
+    confidence, low, normalizer = _smoothing(V, label_smoothing)
+    sum_lp_BT = jnp.sum(logits, axis=-1) - V * log_z_BT
+    loss_BT = -(confidence * target_lp_BT + low * (sum_lp_BT - target_lp_BT)) - normalizer
   else:
     loss_BT = -target_lp_BT
   z_loss_BT = z_loss * jnp.square(log_z_BT)
-  return loss_BT + z_loss_BT, z_loss_BT
+  return (loss_BT + z_loss_BT, z_loss_BT), (logits_BTV, targets_BT, log_z_BT)
+
+
+def _token_loss_bwd(z_loss, label_smoothing, residuals, cotangents):
+  logits_BTV, targets_BT, log_z_BT = residuals
+  g_total_BT, g_z_BT = cotangents
+  V = logits_BTV.shape[-1]
+  probs_BTV = jnp.exp(logits_BTV.astype(jnp.float32) - log_z_BT[..., None])
+  # d(log Z)/d logits = softmax; the z-loss term scales it by 2 z log Z.
+  coef_BT = g_total_BT * (1.0 + 2.0 * z_loss * log_z_BT) + g_z_BT * 2.0 * z_loss * log_z_BT
+  is_target_BTV = jnp.arange(V) == targets_BT[..., None]
+  if label_smoothing > 0:
+    confidence, low, _ = _smoothing(V, label_smoothing)
+    target_w_BTV = jnp.where(is_target_BTV, confidence, low)
+  else:
+    target_w_BTV = is_target_BTV.astype(jnp.float32)
+  grad = probs_BTV * coef_BT[..., None] - g_total_BT[..., None] * target_w_BTV
+  return grad.astype(logits_BTV.dtype), None
+
+
+_token_loss.defvjp(_token_loss_fwd, _token_loss_bwd)
 
 
 def _normalize(total, weights_BT, factor: LossNormalizingFactor, per_token_BT):

@@ -151,7 +151,7 @@ class Decoder(nn.Module):
           nn.with_logical_partitioning(nn.initializers.variance_scaling(
               1.0, "fan_in", "truncated_normal"), ("embed", "vocab")),
           (cfg.d_model, cfg.vocab_size), jnp.float32)
-      logits = layers.dot(x, kernel, cfg.activation_dtype)
+      logits = layers.dot(x, kernel, cfg.activation_dtype, out_dtype=jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

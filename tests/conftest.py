@@ -10,8 +10,11 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (
       os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-# jax 0.10.2 on a 2-core CPU can deadlock in collectives across 8 devices without this (DESIGN §6).
-os.environ.setdefault("PJRT_NPROC", "16")
+# The entry points' XLA flags and PJRT_NPROC (jax 0.10.2 on a 2-core CPU can deadlock in
+# collectives across 8 devices without it, DESIGN §6), so tests run what users run.
+from models import runtime  # imports no jax
+
+runtime.configure()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

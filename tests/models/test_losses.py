@@ -102,3 +102,23 @@ def test_unknown_normalizing_factor_names_the_choices():
   with pytest.raises(ValueError, match="per_token"):
     losses.compute_loss(jnp.asarray(logits), jnp.asarray(targets),
                         loss_normalizing_factor="per_tokens")
+
+
+@pytest.mark.parametrize("z_loss,smoothing", [(1e-2, 0.0), (1e-2, 0.1), (0.0, 0.2)])
+def test_custom_gradient_equals_autodiff_of_the_formula(z_loss, smoothing):
+  logits, targets = _case(5)
+  weights = jnp.asarray((targets > 0) * np.linspace(0.5, 1.5, targets.shape[1]), jnp.float32)
+  V = logits.shape[-1]
+
+  def reference(l):  # plain jnp, differentiated by jax
+    lp = jax.nn.log_softmax(l)
+    soft = jax.nn.one_hot(targets, V) * (1 - smoothing - smoothing / (V - 1)) + smoothing / (V - 1)
+    entropy = -jnp.sum(jnp.where(soft > 0, soft * jnp.log(soft), 0.0), -1)
+    per_token = -jnp.sum(soft * lp, -1) - entropy + z_loss * jax.nn.logsumexp(l, -1)**2
+    return jnp.sum(per_token * weights) / jnp.sum(weights)
+
+  ours = lambda l: losses.compute_loss(l, jnp.asarray(targets), weights, z_loss=z_loss,
+                                       label_smoothing=smoothing)[0]
+  l0 = jnp.asarray(logits)
+  np.testing.assert_allclose(ours(l0), reference(l0), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(ours)(l0), jax.grad(reference)(l0), atol=1e-6, rtol=1e-4)
