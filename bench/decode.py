@@ -19,7 +19,7 @@ runtime.configure()  # before JAX starts its backend
 import jax
 import numpy as np
 
-from bench.util import emit_json, print_table, time_calls
+from bench.util import emit_json, print_table, time_interleaved
 from models import convert, decoding
 from models.network import Transformer
 
@@ -68,12 +68,12 @@ def main(argv=None):
       assert out.shape[1] == L + 1, out.shape  # start token + L new ones
     return run
 
-  times = {
-      "xt5 greedy": time_calls(ours("greedy"), iters=args.iters),
-      "hf greedy": time_calls(theirs(1), iters=args.iters),
-      f"xt5 beam{args.beams}": time_calls(ours("beam"), iters=args.iters),
-      f"hf beam{args.beams}": time_calls(theirs(args.beams), iters=args.iters),
-  }
+  times = time_interleaved({
+      "xt5 greedy": ours("greedy"),
+      "hf greedy": theirs(1),
+      f"xt5 beam{args.beams}": ours("beam"),
+      f"hf beam{args.beams}": theirs(args.beams),
+  }, rounds=args.iters)
   new_tokens = args.batch * L
   print(f"t5.1.1-small decoding, batch {args.batch}, {args.inputs} input tokens, {L} new "
         f"tokens, float32, {jax.devices()[0].device_kind}")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.util import emit_json, print_table, time_calls
+from bench.util import emit_json, print_table, time_calls, time_interleaved
 from models import flops, losses
 from models.config import T5Config
 from models.network import Transformer
@@ -46,7 +46,8 @@ def make_batch(cfg, batch, inputs_len, targets_len, seed=0):
           "decoder_target_tokens": tgt}
 
 
-def xt5_step_time(cfg, batch_np, iters):
+def xt5_step(cfg, batch_np):
+  """A blocking call running one jitted xt5 train step (state carried between calls)."""
   module = Transformer(cfg)
   tx = t5x_adafactor()
   batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
@@ -67,10 +68,11 @@ def xt5_step_time(cfg, batch_np, iters):
     state[0], state[1], loss = step(state[0], state[1], batch)
     loss.block_until_ready()
 
-  return time_calls(run, warmup=1, iters=iters)
+  return run
 
 
-def hf_step_time(cfg, batch_np, iters, bf16_autocast):
+def hf_step(cfg, batch_np, bf16_autocast):
+  """A blocking call running one HF PyTorch train step."""
   import torch
   import transformers
 
@@ -92,7 +94,7 @@ def hf_step_time(cfg, batch_np, iters, bf16_autocast):
     opt.step()
     opt.zero_grad(set_to_none=True)
 
-  return time_calls(run, warmup=1, iters=iters)
+  return run
 
 
 def fp32_matmul_ceiling(n=2048):
@@ -100,9 +102,9 @@ def fp32_matmul_ceiling(n=2048):
   import torch
   a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
   mm = jax.jit(lambda x, y: x @ y)
-  t_jax = time_calls(lambda: mm(a, a).block_until_ready(), warmup=2, iters=5)
+  t_jax = time_calls(lambda: mm(a, a).block_until_ready(), warmup=2, iters=10, best=True)
   ta = torch.randn(n, n)
-  t_torch = time_calls(lambda: ta @ ta, warmup=2, iters=5)
+  t_torch = time_calls(lambda: ta @ ta, warmup=2, iters=10, best=True)
   return 2 * n**3 / min(t_jax, t_torch) / 1e9
 
 
@@ -111,19 +113,19 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--inputs", type=int, default=512)
   p.add_argument("--targets", type=int, default=114)
-  p.add_argument("--iters", type=int, default=3)
+  p.add_argument("--iters", type=int, default=3, help="timed rounds (interleaved)")
   args = p.parse_args(argv)
 
   batch_np = make_batch(SMALL, args.batch, args.inputs, args.targets)
   step_flops = flops.train_step_matmul_flops(SMALL, args.batch, args.inputs, args.targets)
   target_tokens = args.batch * args.targets
   ceiling = fp32_matmul_ceiling()
-  times = {
-      "xt5 fp32": xt5_step_time(SMALL, batch_np, args.iters),
-      "xt5 bf16": xt5_step_time(SMALL.replace(dtype="bfloat16"), batch_np, args.iters),
-      "hf fp32": hf_step_time(SMALL, batch_np, args.iters, bf16_autocast=False),
-      "hf bf16-autocast": hf_step_time(SMALL, batch_np, args.iters, bf16_autocast=True),
-  }
+  times = time_interleaved({
+      "xt5 fp32": xt5_step(SMALL, batch_np),
+      "hf fp32": hf_step(SMALL, batch_np, bf16_autocast=False),
+      "xt5 bf16": xt5_step(SMALL.replace(dtype="bfloat16"), batch_np),
+      "hf bf16-autocast": hf_step(SMALL, batch_np, bf16_autocast=True),
+  }, rounds=args.iters)
   rows = [[name, t, target_tokens / t, step_flops / t / 1e9, step_flops / t / 1e9 / ceiling]
           for name, t in times.items()]
   print(f"t5.1.1-small train step, batch {args.batch}, inputs {args.inputs}, targets "

@@ -8,8 +8,10 @@ import time
 from typing import Callable, Sequence
 
 
-def time_calls(fn: Callable[[], object], *, warmup: int = 1, iters: int = 3) -> float:
-  """Median wall seconds of `fn()`; `fn` must block until its result is ready."""
+def time_calls(fn: Callable[[], object], *, warmup: int = 1, iters: int = 3,
+               best: bool = False) -> float:
+  """Median (or with `best`, minimum) wall seconds of `fn()`; `fn` must block until its result
+  is ready. Use `best` for ceilings: the fastest run is the closest to what the hardware gives."""
   for _ in range(warmup):
     fn()
   times = []
@@ -17,7 +19,24 @@ def time_calls(fn: Callable[[], object], *, warmup: int = 1, iters: int = 3) -> 
     t0 = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return min(times) if best else statistics.median(times)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 3) -> dict[str, float]:
+  """Median wall seconds of each `fn()`, timed round-robin after one warm-up call each.
+
+  Interleaving spreads a shared machine's slow spells over every contender, so the ratios
+  between them hold even when absolute times drift.
+  """
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -33,7 +33,7 @@ def dot(x, kernel, dtype, contract_dims: int = 1, out_dtype=None):
 
   The backward pass also multiplies in `dtype` (a custom VJP): plain autodiff would hand the
   transposed matmuls a float32 cotangent and run them at float32 speed, half the bf16 rate.
-  The kernel's gradient comes back in float32, the params' dtype.
+  Each gradient comes back in its primal's dtype (float32 for the params).
   """
   return _mixed_dot(x, kernel, jnp.dtype(dtype), contract_dims,
                     jnp.dtype(dtype if out_dtype is None else out_dtype))
@@ -52,12 +52,12 @@ def _mixed_dot_fwd(x, kernel, dtype, contract_dims, out_dtype):
   x_c, k_c = x.astype(dtype), kernel.astype(dtype)
   y = jax.lax.dot_general(x_c, k_c, _dot_dims(x.ndim, contract_dims),
                           preferred_element_type=jnp.float32)
-  # an empty array carries x's dtype (residuals must be arrays) for dx
-  return y.astype(out_dtype), (x_c, k_c, jnp.zeros((0,), x.dtype))
+  # empty arrays carry the primal dtypes (residuals must be arrays) for the cotangents
+  return y.astype(out_dtype), (x_c, k_c, jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
 
 
 def _mixed_dot_bwd(dtype, contract_dims, out_dtype, residuals, g):
-  x_c, k_c, x_like = residuals
+  x_c, k_c, x_like, kernel_like = residuals
   g = g.astype(dtype)
   n_batch = x_c.ndim - contract_dims  # x's leading (non-contracted) dims
   # dx[..., in] = g[..., out] . k[in, out]
@@ -68,7 +68,7 @@ def _mixed_dot_bwd(dtype, contract_dims, out_dtype, residuals, g):
   dk = jax.lax.dot_general(
       x_c, g, ((tuple(range(n_batch)), tuple(range(n_batch))), ((), ())),
       preferred_element_type=jnp.float32)
-  return dx.astype(x_like.dtype), dk
+  return dx.astype(x_like.dtype), dk.astype(kernel_like.dtype)
 
 
 _mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)

@@ -192,6 +192,17 @@ def test_bfloat16_activations_float32_params():
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(boxed16)))
 
 
+def test_bfloat16_training_grads_are_float32_and_close_to_float32_grads():
+  batch = _batch(np.random.default_rng(6))
+  _, boxed = _init(TINY, batch)
+  params = nn.unbox(boxed)
+  grad = lambda cfg: jax.grad(lambda p: losses.loss_fn(Transformer(cfg), p, batch)[0])(params)
+  g32, g16 = grad(TINY), grad(TINY.replace(dtype="bfloat16"))
+  for a, b in zip(jax.tree_util.tree_leaves(g16), jax.tree_util.tree_leaves(g32)):
+    assert a.dtype == jnp.float32
+    assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 0.1
+
+
 def test_bad_config_is_refused_with_the_choices():
   with pytest.raises(ValueError, match="encoder_decoder"):
     T5Config(architecture="encdec")
