@@ -2,37 +2,33 @@
 
   python -m bench.decode [--batch 8 --inputs 128 --new-tokens 64 --iters 3]
 
-T5.1.1-small shapes, float32 on both sides, random weights (HF's init, converted to xt5 params).
-EOS is disabled on both sides (HF: `min_new_tokens`; xt5: an EOS id outside the vocabulary), so
-every run produces exactly `--new-tokens` tokens per sequence. Ends with one JSON line.
+T5.1.1-small shapes, float32 on both sides, random weights: HF's init, saved with
+`save_pretrained` by the peer process and loaded here through `models.convert.load_hf`. HF runs
+in a child process of this script (see `bench.util.PeerProcess`), its calls interleaved with
+ours. EOS is disabled on both sides (HF: `min_new_tokens`; xt5: an EOS id outside the
+vocabulary), so every run produces exactly `--new-tokens` tokens per sequence. Ends with one
+JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 from models import runtime
 
 runtime.configure()  # before JAX starts its backend
 
-
 import jax
 import numpy as np
 
-from bench.util import emit_json, print_table, time_interleaved
+from bench.util import PeerProcess, emit_json, print_table, time_interleaved
 from models import convert, decoding
 from models.network import Transformer
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--inputs", type=int, default=128)
-  p.add_argument("--new-tokens", type=int, default=64)
-  p.add_argument("--beams", type=int, default=4)
-  p.add_argument("--iters", type=int, default=3)
-  args = p.parse_args(argv)
-
+def hf_peer(hf_dir, enc_np, new_tokens, beams):
+  """Child-process factory: builds the HF model, saves it to `hf_dir`, returns generate calls."""
   import torch
   import transformers
 
@@ -42,38 +38,58 @@ def main(argv=None):
       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
   torch.manual_seed(0)
   hf = transformers.T5ForConditionalGeneration(hf_cfg).eval()
-  cfg = convert.config_from_hf(hf_cfg)
-  # on the device once: the converter returns (often non-contiguous) numpy arrays.
-  params = jax.device_put(convert.params_from_hf_state_dict(hf.state_dict(), cfg))
-  module = Transformer(cfg)
-
-  rng = np.random.default_rng(0)
-  enc_np = rng.integers(2, cfg.vocab_size, (args.batch, args.inputs)).astype(np.int32)
+  hf.save_pretrained(hf_dir)
   enc_t = torch.as_tensor(enc_np, dtype=torch.long)
-  no_eos = cfg.vocab_size  # never generated, so every row runs the full length
-  L = args.new_tokens
 
-  def ours(method):
-    def run():
-      out = decoding.decode(module, params, {"encoder_input_tokens": enc_np}, method=method,
-                            max_decode_length=L, num_beams=args.beams, eos_id=no_eos)
-      jax.block_until_ready(out)
-    return run
-
-  def theirs(num_beams):
+  def generate(num_beams):
     def run():
       with torch.inference_mode():
         out = hf.generate(input_ids=enc_t, attention_mask=enc_t != 0, do_sample=False,
-                          num_beams=num_beams, max_new_tokens=L, min_new_tokens=L)
-      assert out.shape[1] == L + 1, out.shape  # start token + L new ones
+                          num_beams=num_beams, max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens)
+      assert out.shape[1] == new_tokens + 1, out.shape  # start token + the new ones
     return run
 
-  times = time_interleaved({
-      "xt5 greedy": ours("greedy"),
-      "hf greedy": theirs(1),
-      f"xt5 beam{args.beams}": ours("beam"),
-      f"hf beam{args.beams}": theirs(args.beams),
-  }, rounds=args.iters)
+  return {"hf greedy": generate(1), f"hf beam{beams}": generate(beams)}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--inputs", type=int, default=128)
+  p.add_argument("--new-tokens", type=int, default=64)
+  p.add_argument("--beams", type=int, default=4)
+  p.add_argument("--iters", type=int, default=3, help="timed rounds (interleaved)")
+  args = p.parse_args(argv)
+  L = args.new_tokens
+
+  rng = np.random.default_rng(0)
+  enc_np = rng.integers(2, 32128, (args.batch, args.inputs)).astype(np.int32)
+  with tempfile.TemporaryDirectory() as hf_dir:
+    peer = PeerProcess("bench.decode:hf_peer", hf_dir, enc_np, L, args.beams)
+    try:
+      cfg, params = convert.load_hf(hf_dir)
+      # on the device once: the converter returns (often non-contiguous) numpy arrays.
+      params = jax.device_put(params)
+      module = Transformer(cfg)
+      no_eos = cfg.vocab_size  # never generated, so every row runs the full length
+
+      def ours(method):
+        def run():
+          out = decoding.decode(module, params, {"encoder_input_tokens": enc_np}, method=method,
+                                max_decode_length=L, num_beams=args.beams, eos_id=no_eos)
+          jax.block_until_ready(out)
+        return run
+
+      times = time_interleaved({
+          "xt5 greedy": ours("greedy"),
+          "hf greedy": peer["hf greedy"],
+          f"xt5 beam{args.beams}": ours("beam"),
+          f"hf beam{args.beams}": peer[f"hf beam{args.beams}"],
+      }, rounds=args.iters)
+    finally:
+      peer.close()
+
   new_tokens = args.batch * L
   print(f"t5.1.1-small decoding, batch {args.batch}, {args.inputs} input tokens, {L} new "
         f"tokens, float32, {jax.devices()[0].device_kind}")

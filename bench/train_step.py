@@ -2,9 +2,10 @@
 
   python -m bench.train_step [--batch 8 --inputs 512 --targets 114 --iters 3]
 
-T5.1.1-small shapes, Adafactor on both sides, no padding. Also measures this machine's fp32
-matmul ceiling (the faster of XLA and PyTorch on a large square matmul) so the GFLOP/s column
-reads as a fraction of what the hardware gives. Ends with one JSON line.
+T5.1.1-small shapes, Adafactor on both sides, no padding. HF runs in a child process of this
+script (see `bench.util.PeerProcess`), its steps interleaved with ours. Also measures this
+machine's fp32 matmul ceiling (the faster of XLA and PyTorch on a large square matmul) so the
+GFLOP/s column reads as a fraction of what the hardware gives. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.util import emit_json, print_table, time_calls, time_interleaved
+from bench.util import PeerProcess, emit_json, print_table, time_calls, time_interleaved
 from models import flops, losses
 from models.config import T5Config
 from models.network import Transformer
 
 SMALL = T5Config()  # T5.1.1-small: 512 d_model, 6 heads, 8+8 layers, d_ff 1024, GEGLU
+CEILING_N = 2048  # the square matmul that measures the machine's fp32 ceiling
 
 
 def t5x_adafactor(learning_rate=1e-3):
@@ -97,15 +99,26 @@ def hf_step(cfg, batch_np, bf16_autocast):
   return run
 
 
-def fp32_matmul_ceiling(n=2048):
-  """GFLOP/s of an n×n×n fp32 matmul, the better of XLA and PyTorch."""
+def hf_peer(cfg_dict, batch_np):
+  """Child-process factory: the HF train steps and PyTorch's matmul for the ceiling."""
   import torch
+
+  cfg = T5Config.from_dict(cfg_dict)
+  ta = torch.randn(CEILING_N, CEILING_N)
+  return {
+      "hf fp32": hf_step(cfg, batch_np, bf16_autocast=False),
+      "hf bf16-autocast": hf_step(cfg, batch_np, bf16_autocast=True),
+      "torch matmul": lambda: time_calls(lambda: ta @ ta, warmup=2, iters=10, best=True),
+  }
+
+
+def fp32_matmul_ceiling(peer: PeerProcess):
+  """GFLOP/s of an n×n×n fp32 matmul, the better of XLA and PyTorch (each at its best)."""
+  n = CEILING_N
   a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
   mm = jax.jit(lambda x, y: x @ y)
   t_jax = time_calls(lambda: mm(a, a).block_until_ready(), warmup=2, iters=10, best=True)
-  ta = torch.randn(n, n)
-  t_torch = time_calls(lambda: ta @ ta, warmup=2, iters=10, best=True)
-  return 2 * n**3 / min(t_jax, t_torch) / 1e9
+  return 2 * n**3 / min(t_jax, peer["torch matmul"]()) / 1e9
 
 
 def main(argv=None):
@@ -119,13 +132,17 @@ def main(argv=None):
   batch_np = make_batch(SMALL, args.batch, args.inputs, args.targets)
   step_flops = flops.train_step_matmul_flops(SMALL, args.batch, args.inputs, args.targets)
   target_tokens = args.batch * args.targets
-  ceiling = fp32_matmul_ceiling()
-  times = time_interleaved({
-      "xt5 fp32": xt5_step(SMALL, batch_np),
-      "hf fp32": hf_step(SMALL, batch_np, bf16_autocast=False),
-      "xt5 bf16": xt5_step(SMALL.replace(dtype="bfloat16"), batch_np),
-      "hf bf16-autocast": hf_step(SMALL, batch_np, bf16_autocast=True),
-  }, rounds=args.iters)
+  peer = PeerProcess("bench.train_step:hf_peer", SMALL.to_dict(), batch_np)
+  try:
+    ceiling = fp32_matmul_ceiling(peer)
+    times = time_interleaved({
+        "xt5 fp32": xt5_step(SMALL, batch_np),
+        "hf fp32": peer["hf fp32"],
+        "xt5 bf16": xt5_step(SMALL.replace(dtype="bfloat16"), batch_np),
+        "hf bf16-autocast": peer["hf bf16-autocast"],
+    }, rounds=args.iters)
+  finally:
+    peer.close()
   rows = [[name, t, target_tokens / t, step_flops / t / 1e9, step_flops / t / 1e9 / ceiling]
           for name, t in times.items()]
   print(f"t5.1.1-small train step, batch {args.batch}, inputs {args.inputs}, targets "

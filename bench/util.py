@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import multiprocessing
 import statistics
 import time
 from typing import Callable, Sequence
@@ -37,6 +39,52 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 3) -
       fn()
       times[name].append(time.perf_counter() - t0)
   return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+class PeerProcess:
+  """The peer (HF PyTorch) in a child process of the same script.
+
+  PyTorch's OpenMP workers and allocator slow XLA by ~25% when both live in one process
+  (measured on the T5.1.1-small train step), and nobody trains that way, so each side gets a
+  process of its own. The child builds its callables with `factory(*args)` ("module:function"
+  returning {name: callable}); `peer[name]` is a blocking call that runs one of them there, so
+  peer calls interleave with local ones in `time_interleaved`.
+  """
+
+  def __init__(self, factory: str, *args):
+    ctx = multiprocessing.get_context("spawn")
+    self._conn, child = ctx.Pipe()
+    self._proc = ctx.Process(target=_peer_main, args=(child, factory, args), daemon=True)
+    self._proc.start()
+    self.names = self._receive()
+
+  def _receive(self):
+    msg = self._conn.recv()
+    if isinstance(msg, BaseException):
+      raise RuntimeError(f"peer process failed: {msg!r}") from msg
+    return msg
+
+  def __getitem__(self, name: str) -> Callable[[], object]:
+    def call():
+      self._conn.send(name)
+      return self._receive()
+    return call
+
+  def close(self):
+    if self._proc.is_alive():
+      self._conn.send(None)
+      self._proc.join(timeout=30)
+
+
+def _peer_main(conn, factory: str, args):
+  try:
+    module, fn = factory.split(":")
+    fns = getattr(importlib.import_module(module), fn)(*args)
+    conn.send(sorted(fns))
+    while (name := conn.recv()) is not None:
+      conn.send(fns[name]())
+  except BaseException as e:  # reported to the parent, which raises it
+    conn.send(e)
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
