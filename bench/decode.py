@@ -23,19 +23,19 @@ import jax
 import numpy as np
 
 from bench.util import PeerProcess, emit_json, print_table, time_interleaved
+from bench.train_step import MODELS
 from models import convert, decoding
+from models.config import T5Config
 from models.network import Transformer
 
 
-def hf_peer(hf_dir, enc_np, new_tokens, beams):
+def hf_peer(cfg_dict, hf_dir, enc_np, new_tokens, beams):
   """Child-process factory: builds the HF model, saves it to `hf_dir`, returns generate calls."""
   import torch
   import transformers
 
-  hf_cfg = transformers.T5Config(
-      vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8,
-      num_heads=6, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
-      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  cfg = T5Config.from_dict(cfg_dict)
+  hf_cfg = transformers.T5Config(**{**convert.hf_config_dict(cfg), "dropout_rate": 0.0})
   torch.manual_seed(0)
   hf = transformers.T5ForConditionalGeneration(hf_cfg).eval()
   hf.save_pretrained(hf_dir)
@@ -55,6 +55,7 @@ def hf_peer(hf_dir, enc_np, new_tokens, beams):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", choices=sorted(MODELS), default="small")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--inputs", type=int, default=128)
   p.add_argument("--new-tokens", type=int, default=64)
@@ -63,10 +64,12 @@ def main(argv=None):
   args = p.parse_args(argv)
   L = args.new_tokens
 
+  model_cfg = MODELS[args.model]
   rng = np.random.default_rng(0)
-  enc_np = rng.integers(2, 32128, (args.batch, args.inputs)).astype(np.int32)
+  enc_np = rng.integers(2, model_cfg.vocab_size, (args.batch, args.inputs)).astype(np.int32)
   with tempfile.TemporaryDirectory() as hf_dir:
-    peer = PeerProcess("bench.decode:hf_peer", hf_dir, enc_np, L, args.beams)
+    peer = PeerProcess("bench.decode:hf_peer", model_cfg.to_dict(), hf_dir, enc_np, L,
+                       args.beams)
     try:
       cfg, params = convert.load_hf(hf_dir)
       # on the device once: the converter returns (often non-contiguous) numpy arrays.
@@ -91,7 +94,7 @@ def main(argv=None):
       peer.close()
 
   new_tokens = args.batch * L
-  print(f"t5.1.1-small decoding, batch {args.batch}, {args.inputs} input tokens, {L} new "
+  print(f"t5.1.1-{args.model} decoding, batch {args.batch}, {args.inputs} input tokens, {L} new "
         f"tokens, float32, {jax.devices()[0].device_kind}")
   print_table(["run", "s", "new tokens/s"], [[k, t, new_tokens / t] for k, t in times.items()])
   emit_json({

@@ -24,11 +24,17 @@ import numpy as np
 import optax
 
 from bench.util import PeerProcess, emit_json, print_table, time_calls, time_interleaved
-from models import flops, losses
+from models import convert, flops, losses
 from models.config import T5Config
 from models.network import Transformer
 
-SMALL = T5Config()  # T5.1.1-small: 512 d_model, 6 heads, 8+8 layers, d_ff 1024, GEGLU
+MODELS = {
+    "small": T5Config(),  # T5.1.1-small: 512 d_model, 6 heads, 8+8 layers, d_ff 1024, GEGLU
+    # a few-KB model: exercises the whole script in seconds (tests/bench), measures nothing
+    "tiny": T5Config(vocab_size=128, d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                     num_encoder_layers=2, num_decoder_layers=2),
+}
+SMALL = MODELS["small"]
 CEILING_N = 2048  # the square matmul that measures the machine's fp32 ceiling
 
 
@@ -78,11 +84,7 @@ def hf_step(cfg, batch_np, bf16_autocast):
   import torch
   import transformers
 
-  hf_cfg = transformers.T5Config(
-      vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim, d_ff=cfg.d_ff,
-      num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
-      num_heads=cfg.num_heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-      dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  hf_cfg = transformers.T5Config(**{**convert.hf_config_dict(cfg), "dropout_rate": 0.0})
   torch.manual_seed(0)
   model = transformers.T5ForConditionalGeneration(hf_cfg).train()
   opt = torch.optim.Adafactor(model.parameters(), lr=1e-3)
@@ -123,29 +125,31 @@ def fp32_matmul_ceiling(peer: PeerProcess):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", choices=sorted(MODELS), default="small")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--inputs", type=int, default=512)
   p.add_argument("--targets", type=int, default=114)
   p.add_argument("--iters", type=int, default=3, help="timed rounds (interleaved)")
   args = p.parse_args(argv)
 
-  batch_np = make_batch(SMALL, args.batch, args.inputs, args.targets)
-  step_flops = flops.train_step_matmul_flops(SMALL, args.batch, args.inputs, args.targets)
+  cfg = MODELS[args.model]
+  batch_np = make_batch(cfg, args.batch, args.inputs, args.targets)
+  step_flops = flops.train_step_matmul_flops(cfg, args.batch, args.inputs, args.targets)
   target_tokens = args.batch * args.targets
-  peer = PeerProcess("bench.train_step:hf_peer", SMALL.to_dict(), batch_np)
+  peer = PeerProcess("bench.train_step:hf_peer", cfg.to_dict(), batch_np)
   try:
     ceiling = fp32_matmul_ceiling(peer)
     times = time_interleaved({
-        "xt5 fp32": xt5_step(SMALL, batch_np),
+        "xt5 fp32": xt5_step(cfg, batch_np),
         "hf fp32": peer["hf fp32"],
-        "xt5 bf16": xt5_step(SMALL.replace(dtype="bfloat16"), batch_np),
+        "xt5 bf16": xt5_step(cfg.replace(dtype="bfloat16"), batch_np),
         "hf bf16-autocast": peer["hf bf16-autocast"],
     }, rounds=args.iters)
   finally:
     peer.close()
   rows = [[name, t, target_tokens / t, step_flops / t / 1e9, step_flops / t / 1e9 / ceiling]
           for name, t in times.items()]
-  print(f"t5.1.1-small train step, batch {args.batch}, inputs {args.inputs}, targets "
+  print(f"t5.1.1-{args.model} train step, batch {args.batch}, inputs {args.inputs}, targets "
         f"{args.targets}, Adafactor; {step_flops / 1e9:.1f} matmul GFLOP/step; fp32 matmul "
         f"ceiling {ceiling:.1f} GFLOP/s on {jax.devices()[0].device_kind}")
   print_table(["run", "s/step", "target tok/s", "GFLOP/s", "of ceiling"], rows)
