@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from bench.util import PeerProcess, emit_json, print_table, time_interleaved
-from bench.train_step import MODELS
+from bench.train_step import MODELS, hf_model
 from models import convert, decoding
 from models.config import T5Config
 from models.network import Transformer
@@ -32,12 +32,8 @@ from models.network import Transformer
 def hf_peer(cfg_dict, hf_dir, enc_np, new_tokens, beams):
   """Child-process factory: builds the HF model, saves it to `hf_dir`, returns generate calls."""
   import torch
-  import transformers
 
-  cfg = T5Config.from_dict(cfg_dict)
-  hf_cfg = transformers.T5Config(**{**convert.hf_config_dict(cfg), "dropout_rate": 0.0})
-  torch.manual_seed(0)
-  hf = transformers.T5ForConditionalGeneration(hf_cfg).eval()
+  hf = hf_model(T5Config.from_dict(cfg_dict)).eval()
   hf.save_pretrained(hf_dir)
   enc_t = torch.as_tensor(enc_np, dtype=torch.long)
 

@@ -16,7 +16,6 @@ from models import runtime
 
 runtime.configure()  # before JAX starts its backend
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,6 @@ MODELS = {
     "tiny": T5Config(vocab_size=128, d_model=32, num_heads=2, head_dim=16, d_ff=64,
                      num_encoder_layers=2, num_decoder_layers=2),
 }
-SMALL = MODELS["small"]
 CEILING_N = 2048  # the square matmul that measures the machine's fp32 ceiling
 
 
@@ -79,14 +77,21 @@ def xt5_step(cfg, batch_np):
   return run
 
 
-def hf_step(cfg, batch_np, bf16_autocast):
-  """A blocking call running one HF PyTorch train step."""
+def hf_model(cfg):
+  """HF PyTorch `T5ForConditionalGeneration` of `cfg`'s shapes, seeded random init (peer side)."""
   import torch
   import transformers
 
-  hf_cfg = transformers.T5Config(**{**convert.hf_config_dict(cfg), "dropout_rate": 0.0})
   torch.manual_seed(0)
-  model = transformers.T5ForConditionalGeneration(hf_cfg).train()
+  return transformers.T5ForConditionalGeneration(
+      transformers.T5Config(**convert.hf_config_dict(cfg)))
+
+
+def hf_step(cfg, batch_np, bf16_autocast):
+  """A blocking call running one HF PyTorch train step."""
+  import torch
+
+  model = hf_model(cfg).train()
   opt = torch.optim.Adafactor(model.parameters(), lr=1e-3)
   enc = torch.as_tensor(batch_np["encoder_input_tokens"], dtype=torch.long)
   labels = torch.as_tensor(batch_np["decoder_target_tokens"], dtype=torch.long)

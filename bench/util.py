@@ -56,7 +56,7 @@ class PeerProcess:
     self._conn, child = ctx.Pipe()
     self._proc = ctx.Process(target=_peer_main, args=(child, factory, args), daemon=True)
     self._proc.start()
-    self.names = self._receive()
+    self._receive()  # the child's ready signal: its callables are built
 
   def _receive(self):
     msg = self._conn.recv()
@@ -80,7 +80,7 @@ def _peer_main(conn, factory: str, args):
   try:
     module, fn = factory.split(":")
     fns = getattr(importlib.import_module(module), fn)(*args)
-    conn.send(sorted(fns))
+    conn.send("ready")
     while (name := conn.recv()) is not None:
       conn.send(fns[name]())
   except BaseException as e:  # reported to the parent, which raises it

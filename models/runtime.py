@@ -16,10 +16,11 @@ CPU_XLA_FLAGS = (
 )
 
 
-def configure(environ=os.environ) -> None:
-  """Appends xt5's XLA CPU flags (those not already set) and PJRT_NPROC (DESIGN §6)."""
+def configure(environ=os.environ, extra_xla_flags=()) -> None:
+  """Appends xt5's XLA CPU flags and `extra_xla_flags` (each unless its name is already set)
+  and PJRT_NPROC (DESIGN §6)."""
   flags = environ.get("XLA_FLAGS", "")
-  for flag in CPU_XLA_FLAGS:
+  for flag in CPU_XLA_FLAGS + tuple(extra_xla_flags):
     if flag.split("=")[0] not in flags:
       flags = f"{flags} {flag}".strip()
   environ["XLA_FLAGS"] = flags

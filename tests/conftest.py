@@ -6,15 +6,12 @@ pytest imports this before any test module, so the environment below is in place
 
 import os
 
-# 8 fake CPU devices so mesh / sharding tests run without accelerators.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-# The entry points' XLA flags and PJRT_NPROC (jax 0.10.2 on a 2-core CPU can deadlock in
-# collectives across 8 devices without it, DESIGN §6), so tests run what users run.
 from models import runtime  # imports no jax
 
-runtime.configure()
+# The entry points' XLA flags and PJRT_NPROC (jax 0.10.2 on a 2-core CPU can deadlock in
+# collectives across 8 devices without it, DESIGN §6), so tests run what users run; plus 8 fake
+# CPU devices so mesh / sharding tests run without accelerators.
+runtime.configure(extra_xla_flags=("--xla_force_host_platform_device_count=8",))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
