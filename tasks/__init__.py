@@ -1,0 +1,18 @@
+"""xt5's data half: seqio Tasks and Mixtures, vocabularies, preprocessors, metrics, corpora.
+
+Importing `tasks` registers every task and mixture (`tasks.builtin`: the built-in corpora;
+`tasks.tfds_tasks`: mC4 and WMT). It knows nothing of JAX models: `tasks.get_dataset` yields
+batches in seqio's feature-converter format, which `models/` consumes.
+"""
+
+from tasks import builtin, tfds_tasks
+from tasks.pipeline import EmptyDatasetError, as_numpy, feature_converter, get_dataset
+from tasks.registry import UnknownTaskError, add_language_mixture, get, mixing_proportions
+
+builtin.register()
+tfds_tasks.register()
+
+__all__ = [
+    "EmptyDatasetError", "UnknownTaskError", "add_language_mixture", "as_numpy",
+    "feature_converter", "get", "get_dataset", "mixing_proportions",
+]

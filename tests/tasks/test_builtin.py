@@ -1,0 +1,78 @@
+"""The built-in tasks and mixtures on the real prepared corpora (`make test` prepares them)."""
+
+import collections
+import unicodedata
+
+import numpy as np
+import pytest
+
+import tasks
+from tasks import builtin, corpora, language_sampling, vocab
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    corpora.prepare(progress=False)  # a no-op when `make test` has run the prepare step
+    vocab.prepare_builtin(progress=False)
+
+
+def test_missing_corpora_name_the_prepare_command(tmp_path):
+    source = builtin.BuiltinTfdsSource(f"{corpora.GNOME_HELP}/en-de:1.0.0", data_dir=tmp_path,
+                                       splits=["train"])
+    with pytest.raises(corpora.CorpusNotPreparedError, match="python -m tasks.corpora prepare"):
+        source.get_dataset("train")
+    with pytest.raises(corpora.CorpusNotPreparedError, match=str(tmp_path)):
+        source.num_input_examples("train")
+    with pytest.raises(corpora.CorpusNotPreparedError, match="python -m tasks.corpora prepare"):
+        builtin.SampledMonolingualSource(data_dir=tmp_path).get_dataset("train")
+    with pytest.raises(ValueError, match=r"no built-in monolingual data for \['xx-Fake'\]"):
+        builtin.add_sampled_monolingual_task("mono_fake", languages=["de", "xx-Fake"])
+
+
+def test_translation_task_on_gnome_help(prepared):
+    task = tasks.get("translate_en_de")
+    ds = task.get_dataset({"inputs": 128, "targets": 128}, split="validation", shuffle=False)
+    examples = list(ds.take(50).as_numpy_iterator())
+    assert len(examples) == 50
+    vocabulary = task.output_features["targets"].vocabulary
+    for ex in examples:
+        assert ex["inputs_pretokenized"].decode().startswith("translate English to German: ")
+        assert ex["targets"][-1] == vocabulary.eos_id
+        if len(ex["targets"]) < 128:  # not truncated: SentencePiece round-trips up to NFKC
+            expected = unicodedata.normalize("NFKC", ex["targets_pretokenized"].decode())
+            assert vocabulary.decode(ex["targets"].tolist()) == " ".join(expected.split())
+    assert task.num_input_examples("validation") > 200
+    # Locales with nothing translated on the held-out pages have no validation split: said plainly.
+    with pytest.raises(ValueError, match="has no split 'validation'"):
+        tasks.get_dataset("translate_en_he", "validation", {"inputs": 64, "targets": 64}, batch_size=2)
+
+
+def test_mono_samples_languages_by_n_to_the_0_3(prepared):
+    everything = tasks.get("mono").source.sizes("train")
+    assert len(everything) == len(corpora.MONOLINGUAL_LANGUAGES) > 400
+    # The big GNOME languages and a slice of the UDHR-only tail (sampling all ~480 languages is the
+    # same code; a subset keeps the test fast).
+    by_size = sorted(everything, key=everything.get)
+    languages = by_size[-8:] + by_size[100:400:20]
+    source = builtin.SampledMonolingualSource(languages=languages)
+    sizes = source.sizes("train")
+    rates = language_sampling.language_rates(sizes, 0.3)
+    docs = source.get_dataset("train", shuffle=True, seed=5).take(10_000)
+    counts = collections.Counter(ex["lang"].decode() for ex in docs.as_numpy_iterator())
+    assert set(counts) == set(languages)
+    for lang in languages:
+        assert counts[lang] / 10_000 == pytest.approx(rates[lang], abs=0.01), lang
+    assert rates[by_size[-1]] / rates[by_size[100]] == pytest.approx(
+        (sizes[by_size[-1]] / sizes[by_size[100]]) ** 0.3)
+
+
+@pytest.mark.parametrize("name, lengths", [("multitask", {"inputs": 256, "targets": 64}),
+                                           ("byt5_multitask", {"inputs": 512, "targets": 128})])
+def test_multitask_batches(prepared, name, lengths):
+    ds = tasks.get_dataset(name, "train", lengths, batch_size=4, seed=1)
+    batch = next(tasks.as_numpy(ds, name))
+    assert batch["encoder_input_tokens"].shape == (4, lengths["inputs"])
+    assert batch["decoder_target_tokens"].shape == (4, lengths["targets"])
+    assert np.all(batch["encoder_segment_ids"].max(axis=1) >= 1)
+    vocab_size = tasks.get(name).tasks[0].output_features["targets"].vocabulary.vocab_size
+    assert batch["decoder_target_tokens"].max() < vocab_size
