@@ -28,7 +28,7 @@ test: prepare
 # Training entry point lands with issue 4; until then say so and fail.
 quickstart:
 	@test -f train.py || { echo "make quickstart: train.py (the training entry point, issue 4) is not built yet." >&2; exit 1; }
-	@$(MAKE) --no-print-directory venv
+	@$(MAKE) --no-print-directory prepare
 	$(PY) train.py --gin_file=configs/experiments/quickstart.gin
 
 bench: venv

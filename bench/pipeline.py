@@ -2,9 +2,9 @@
 
   python -m bench.pipeline [--model small --batch 8 --rows 2000]
 
-Two configurations, as pretraining runs them: subword span corruption at 512/114 on the `mono`
-mixture (built-in SentencePiece vocabulary) and byte-level at 1024/189 on `byt5_mono` (ByT5, span
-20); both packed by seqio's EncDecFeatureConverter into rows of `--batch`. For each, the rate at
+Two configurations, as pretraining runs them: subword span corruption at 512/114 on `mono` (all
+~480 built-in languages sampled ∝ n^0.3, built-in SentencePiece vocabulary) and byte-level at
+1024/189 on `byt5_mono` (ByT5, span 20); both packed by seqio's EncDecFeatureConverter into rows of `--batch`. For each, the rate at
 which the train step of `--model` (T5.1.1 shapes with the task's vocabulary) consumes rows of
 that shape is measured in the same script, after the pipeline, never concurrently. The pipeline
 must outrun it >= 10x. Ends with one JSON line. Needs `python -m tasks.corpora prepare`.
@@ -26,7 +26,7 @@ from bench.train_step import MODELS, make_batch, xt5_step
 from bench.util import emit_json, print_table, time_calls
 from tasks import corpora
 
-CONFIGS = {  # name: (mixture, inputs length, targets length)
+CONFIGS = {  # name: (task, inputs length, targets length)
     "subword 512/114": ("mono", 512, 114),
     "bytes 1024/189": ("byt5_mono", 1024, 189),
 }
@@ -68,7 +68,7 @@ def main(argv=None):
   rows, results = [], {}
   for name, (mixture, inputs, targets) in CONFIGS.items():
     rate = pipeline_rate(mixture, inputs, targets, args.batch, args.rows)
-    vocab_size = tasks.get(mixture).tasks[0].output_features["targets"].vocabulary.vocab_size
+    vocab_size = tasks.get(mixture).output_features["targets"].vocabulary.vocab_size
     consumed = train_rows_per_s(args.model, vocab_size, inputs, targets, args.batch, args.iters)
     results[name] = {**rate, "train_rows_per_s": consumed, "ratio": rate["rows_per_s"] / consumed}
     rows.append([name, rate["examples_per_s"], rate["rows_per_s"], rate["fill"], consumed,

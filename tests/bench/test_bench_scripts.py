@@ -32,3 +32,16 @@ def test_decode_bench_runs_and_reports_ratios(capsys):
   result = _last_json(capsys)
   assert result["bench"] == "decode"
   assert result["ratio_vs_hf_greedy"] > 0 and result["ratio_vs_hf_beam"] > 0
+
+
+@pytest.mark.slow
+def test_pipeline_bench_runs_and_reports_ratios(capsys):
+  from bench import pipeline  # noqa: PLC0415 (imports tasks: TensorFlow)
+  from tasks import corpora, vocab  # noqa: PLC0415
+
+  corpora.prepare(progress=False)  # no-op after `make test`'s prepare step
+  vocab.prepare_builtin(progress=False)
+  pipeline.main(["--model", "tiny", "--batch", "2", "--rows", "4", "--iters", "1"])
+  result = _last_json(capsys)
+  assert result["bench"] == "pipeline"
+  assert result["rows_per_s"] > 0 and result["ratio_vs_train_step"] > 0
