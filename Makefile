@@ -31,7 +31,7 @@ quickstart:
 	@$(MAKE) --no-print-directory prepare
 	$(PY) train.py --gin_file=configs/experiments/quickstart.gin
 
-bench: venv
+bench: prepare
 	$(PY) -m bench.train_step
 	$(PY) -m bench.decode
 	$(PY) -m bench.pipeline

@@ -44,6 +44,10 @@ class BuiltinTfdsSource(seqio.TfdsDataSource):
         corpora.require_prepared(self.tfds_dataset.name, self._data_dir)
         return super().get_dataset(*args, **kwargs)
 
+    def list_shards(self, split):  # seqio asks this first when a host reads its shard
+        corpora.require_prepared(self.tfds_dataset.name, self._data_dir)
+        return super().list_shards(split)
+
     def num_input_examples(self, split):
         corpora.require_prepared(self.tfds_dataset.name, self._data_dir)
         return super().num_input_examples(split)
@@ -52,16 +56,19 @@ class BuiltinTfdsSource(seqio.TfdsDataSource):
 class SampledMonolingualSource(seqio.DataSource):
     """Every language of `xt5_monolingual` in one stream.
 
-    train: endless, languages sampled ∝ n ** alpha (n: the language's train documents);
-    validation: every language's validation documents, once.
+    train: endless; language l's share of the characters is ∝ n_l ** alpha (n_l: its train
+    documents), see `tasks.language_sampling`. validation: every language's documents, once.
+    The train split reports no size, so seqio never tries to cache the endless stream.
     """
 
     def __init__(self, alpha: float = registry.DEFAULT_ALPHA, data_dir=None,
                  languages: Sequence[str] = corpora.MONOLINGUAL_LANGUAGES):
         super().__init__(splits=("train", "validation"), caching_permitted=False,
                          performs_internal_shuffling=True)
-        language_sampling.keep_probabilities({lang: 1 for lang in languages}, alpha)  # validates
+        if not 0 < alpha <= 1:
+            raise ValueError(f"language sampling exponent alpha must be in (0, 1], got {alpha}")
         self.alpha, self._data_dir, self.languages = alpha, data_dir, tuple(languages)
+        self._characters: dict[str, dict[str, int]] = {}
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -74,27 +81,43 @@ class SampledMonolingualSource(seqio.DataSource):
         corpora.require_prepared(corpora.MONOLINGUAL, self._data_dir)
         return tfds.builder(corpora.MONOLINGUAL, data_dir=str(corpora.tfds_data_dir(self._data_dir)))
 
+    def _documents(self, split: str) -> tf.data.Dataset:
+        return self._builder().as_dataset(
+            split="+".join(corpora.split_name(tag, split) for tag in self.languages),
+            shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False))
+
     def sizes(self, split: str) -> dict[str, int]:
+        """Documents per language."""
         splits = self._builder().info.splits
         return {tag: splits[corpora.split_name(tag, split)].num_examples for tag in self.languages}
 
-    def num_input_examples(self, split: str) -> int:
-        return sum(self.sizes(split).values())
+    def characters(self, split: str) -> dict[str, int]:
+        """Characters (UTF-8 code points) per language; one pass over the split, then cached."""
+        if split not in self._characters:
+            totals = dict.fromkeys(self.languages, 0)
+            lengths = self._documents(split).map(
+                lambda x: (x["lang"], tf.strings.length(x["text"], unit="UTF8_CHAR")))
+            for lang, length in lengths.batch(4096).as_numpy_iterator():
+                for tag, n in zip(lang, length):
+                    totals[tag.decode()] += int(n)
+            self._characters[split] = totals
+        return self._characters[split]
+
+    def num_input_examples(self, split: str) -> int | None:
+        return None if split == "train" else sum(self.sizes(split).values())
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                     shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
                     use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
         del sequence_length, use_cached, num_epochs  # train is endless; seqio repeats the rest
-        documents = self._builder().as_dataset(
-            split="+".join(corpora.split_name(tag, split) for tag in self.languages),
-            shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False))
+        documents = self._documents(split)
         if shard_info:
             documents = documents.shard(shard_info.num_shards, shard_info.index)
         if split == "train":
-            return language_sampling.sample_languages(documents, self.sizes(split), self.alpha,
-                                                      seed, shuffle)
+            return language_sampling.sample_languages(
+                documents, self.sizes(split), self.alpha, seed, shuffle, mass=self.characters(split))
         if shuffle:
-            documents = documents.shuffle(self.num_input_examples(split), seed=seed)
+            documents = documents.shuffle(sum(self.sizes(split).values()), seed=seed)
         return documents
 
 

@@ -2,10 +2,15 @@
 
 A seqio Mixture builds one preprocessing pipeline per task; over the ~480 languages of the
 built-in corpus that is ~0.5 s of graph tracing plus ~1 s to open each, i.e. minutes before the
-first batch. Here every language's documents come from one stream instead, and a document of
-language l is kept with probability (n_l / n_min) ** (alpha - 1): language l then makes up
-n_l * n_l ** (alpha - 1) ∝ n_l ** alpha of what survives, exactly the mixture's rates, with one
-pipeline to build. The price is reading documents that get dropped, which is cheap for text.
+first batch. Here every language's documents come from one stream instead, and each document of
+language l is kept with probability ∝ n_l ** alpha / m_l, where n_l counts the language's
+documents (mT5's n) and m_l is its total size in the unit the model consumes (characters, for
+text; documents, if all are alike). Language l then makes up n_l ** alpha of what survives, in
+that unit — as in a seqio mixture, whose rates apply to the packed pieces it samples, which are
+tokens. The price is reading documents that get dropped, which is cheap for text.
+
+Pieces are cut from the concatenated stream (T5 concatenates documents before splitting), so a
+piece may straddle two documents of different languages, which per-language mixture tasks avoid.
 """
 
 from __future__ import annotations
@@ -15,33 +20,40 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-
-def keep_probabilities(sizes: Mapping[str, int], alpha: float) -> dict[str, float]:
-    """Per-language keep probability (n / n_min) ** (alpha - 1), 1 for the smallest language."""
-    if not 0 < alpha <= 1:
-        raise ValueError(f"language sampling exponent alpha must be in (0, 1], got {alpha}")
-    empty = [lang for lang, n in sizes.items() if n <= 0]
-    if empty:
-        raise ValueError(f"languages with no documents cannot be sampled: {', '.join(empty)}")
-    n_min = min(sizes.values())
-    return {lang: float((n / n_min) ** (alpha - 1)) for lang, n in sizes.items()}
+_COIN_SEED_OFFSET = 7919  # keeps the keep/drop coins apart from seqio's per-example map seeds
 
 
 def language_rates(sizes: Mapping[str, int], alpha: float) -> dict[str, float]:
-    """The share of each language in the sampled stream: n ** alpha, normalised."""
+    """Each language's share of the sampled stream: n ** alpha, normalised."""
     weights = {lang: n ** alpha for lang, n in sizes.items()}
     total = sum(weights.values())
     return {lang: w / total for lang, w in weights.items()}
 
 
-def sample_languages(documents: tf.data.Dataset, sizes: Mapping[str, int], alpha: float,
-                     seed: int | None, shuffle: bool = True, lang_key: str = "lang") -> tf.data.Dataset:
-    """An endless stream of `documents` (one epoch of every language) resampled to n ** alpha.
+def keep_probabilities(sizes: Mapping[str, int], alpha: float,
+                       mass: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Per-language keep probability ∝ n ** alpha / mass (mass defaults to n), the largest 1."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"language sampling exponent alpha must be in (0, 1], got {alpha}")
+    mass = sizes if mass is None else mass
+    empty = [lang for lang in sizes if sizes[lang] <= 0 or mass[lang] <= 0]
+    if empty:
+        raise ValueError(f"languages with no documents cannot be sampled: {', '.join(empty)}")
+    raw = {lang: n ** alpha / mass[lang] for lang, n in sizes.items()}
+    top = max(raw.values())
+    return {lang: float(p / top) for lang, p in raw.items()}
 
-    Each pass over the documents is reshuffled (from `seed`), and the keep decisions come from a
-    seeded random stream, so the result is a pure function of `seed`.
+
+def sample_languages(documents: tf.data.Dataset, sizes: Mapping[str, int], alpha: float,
+                     seed: int | None, shuffle: bool = True, mass: Mapping[str, float] | None = None,
+                     lang_key: str = "lang") -> tf.data.Dataset:
+    """An endless stream of `documents` (one pass = every language's documents) resampled so
+    that language l's share of `mass` is ∝ n_l ** alpha.
+
+    Each pass is reshuffled (from `seed`) and the keep decisions come from a seeded random
+    stream, so the result is a pure function of `seed` (`None`: nondeterministic, as in seqio).
     """
-    keep = keep_probabilities(sizes, alpha)
+    keep = keep_probabilities(sizes, alpha, mass)
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
             tf.constant(list(keep), tf.string), tf.constant(list(keep.values()), tf.float32)),
@@ -50,11 +62,11 @@ def sample_languages(documents: tf.data.Dataset, sizes: Mapping[str, int], alpha
     if shuffle:
         documents = documents.shuffle(sum(sizes.values()), seed=seed, reshuffle_each_iteration=True)
     documents = documents.repeat()
-    coins = tf.data.Dataset.random(seed=seed if seed is not None else np.random.randint(2**31))
+    coin_seed = seed + _COIN_SEED_OFFSET if seed is not None else int(np.random.randint(2**31))
 
     def kept(example, coin):
         uniform = tf.cast(coin % (1 << 24), tf.float32) / float(1 << 24)
         return uniform < table.lookup(example[lang_key])
 
-    stream = tf.data.Dataset.zip((documents, coins)).filter(kept)
+    stream = tf.data.Dataset.zip((documents, tf.data.Dataset.random(seed=coin_seed))).filter(kept)
     return stream.map(lambda example, coin: example)

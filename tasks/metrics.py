@@ -13,7 +13,7 @@ def bleu_tokenizer(language: str) -> str:
     base = language.split("-")[0]
     if base == "zh":
         return "zh"
-    if base in ("ja", "ko", "th", "my", "km", "lo"):
+    if base == "ja":
         return "char"  # no spaces between words; 'ja-mecab' would need MeCab
     return "13a"
 

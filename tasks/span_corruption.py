@@ -5,9 +5,10 @@ reference data pipeline; the `t5` package is not a dependency. A token stream is
 fixed-length pieces; in each piece about `noise_density` of the tokens, in spans whose lengths
 average `mean_noise_span_length`, are noise:
 
-  tokens   a b c d e f g h        (noise: c d, g)
-  inputs   a b <S0> e f <S1> h    one sentinel per noise span, in place of the span
-  targets  <S0> c d <S1> g        each sentinel, then the span it stands for
+  tokens   a b c d e f g h          (noise: c d, g)
+  inputs   a b <S0> e f <S1> h      one sentinel per noise span, in place of the span
+  targets  <S0> c d <S1> g <S2>     the non-noise runs become sentinels: each noise span
+                                    follows the sentinel that stands for it
 
 Sentinels count down from `vocab_size - 1` (`<extra_id_0>` in mT5's vocabulary, byte 0xFF for
 ByT5, which never occurs in UTF-8). Randomness comes from seqio's per-example stateless seeds, so
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -39,14 +41,32 @@ def random_spans_helper(
     """
 
     def corrupted_lengths(tokens_length: int) -> tuple[int, int]:
-        num_noise = int(round(tokens_length * noise_density))
-        num_spans = int(round(num_noise / mean_noise_span_length))
+        # The same float32 arithmetic, rounding (half to even) and clamps as the noise mask, so
+        # the lengths promised here are the lengths produced (float64 differs at some lengths).
+        num_noise = int(np.round(np.float32(tokens_length) * np.float32(noise_density)))
+        num_noise = min(max(num_noise, 1), tokens_length - 1)
+        num_spans = max(int(np.round(np.float32(num_noise) / np.float32(mean_noise_span_length))), 1)
         return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
     tokens_length = inputs_length - 1
     while corrupted_lengths(tokens_length + 1)[0] <= inputs_length:
         tokens_length += 1
     return tokens_length, corrupted_lengths(tokens_length)[1]
+
+
+def num_noise_spans(tokens_length: int, noise_density: float, mean_noise_span_length: float) -> int:
+    num_noise = int(np.round(np.float32(tokens_length) * np.float32(noise_density)))
+    num_noise = min(max(num_noise, 1), tokens_length - 1)
+    return max(int(np.round(np.float32(num_noise) / np.float32(mean_noise_span_length))), 1)
+
+
+def available_sentinels(vocabulary: seqio.Vocabulary) -> int | None:
+    """How many ids from the top can be sentinels without colliding with real tokens."""
+    if isinstance(vocabulary, seqio.ByteVocabulary):
+        return 11  # bytes 0xF5..0xFF never occur in UTF-8
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return vocabulary.extra_ids
+    return None  # unknown vocabulary: the caller knows its layout
 
 
 def _stateless_shuffle(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -121,7 +141,6 @@ def select_random_chunk(features, seed, feature_key: str = "targets", max_length
 def concat_documents(dataset: tf.data.Dataset, feature_key: str = "targets",
                      batch_size: int = CONCAT_BATCH_SIZE) -> tf.data.Dataset:
     """Concatenates every `batch_size` documents into one token stream (no padding waste)."""
-    dataset = dataset.map(lambda x: {feature_key: x[feature_key]})
     dataset = dataset.padded_batch(batch_size, padded_shapes={feature_key: [-1]})
 
     def flatten(x):
@@ -177,6 +196,15 @@ def span_corruption(
     raw_length, targets_length = random_spans_helper(
         sequence_length["inputs"], noise_density, mean_noise_span_length
     )
+    vocabulary = output_features["targets"].vocabulary
+    spans = num_noise_spans(raw_length, noise_density, mean_noise_span_length)
+    sentinels = available_sentinels(vocabulary)
+    if sentinels is not None and spans > sentinels:
+        raise ValueError(
+            f"span corruption of {raw_length}-token pieces makes {spans} noise spans, but the "
+            f"vocabulary has only {sentinels} sentinel ids; later sentinels would collide with "
+            f"real tokens. Use shorter inputs, a longer mean noise span, or more extra ids."
+        )
     if sequence_length.get("targets", targets_length) < targets_length:
         raise ValueError(
             f"span corruption with inputs length {sequence_length['inputs']}, noise density "
@@ -188,7 +216,7 @@ def span_corruption(
     dataset = split_tokens(concat_documents(dataset), raw_length)
     return _corrupt_spans(
         dataset,
-        vocab_size=output_features["targets"].vocabulary.vocab_size,
+        vocab_size=vocabulary.vocab_size,
         noise_density=noise_density,
         mean_noise_span_length=mean_noise_span_length,
     )
@@ -207,6 +235,12 @@ def _split_prefix(features, seed):
 def prefix_lm(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]) -> tf.data.Dataset:
     """Prefix LM: pieces of `inputs` length, each split at a uniform random point into a prefix
     (`inputs`, attended bidirectionally by a prefix-LM decoder) and the rest (`targets`)."""
+    if sequence_length["targets"] < sequence_length["inputs"]:
+        raise ValueError(
+            f"prefix LM cuts {sequence_length['inputs']}-token pieces at a random point, so the "
+            f"targets can be that long; a targets length of {sequence_length['targets']} would "
+            f"truncate them. Set TASK_FEATURE_LENGTHS targets >= inputs (T5 uses equal lengths)."
+        )
     dataset = select_random_chunk(_drop_empty(dataset))
     dataset = split_tokens(concat_documents(dataset), sequence_length["inputs"])
     return _split_prefix(dataset)

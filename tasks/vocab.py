@@ -152,9 +152,13 @@ def mixture_lines(name: str, split: str, max_lines: int, seed: int = 0, progress
     lines: list[str] = []
     from tqdm import tqdm  # noqa: PLC0415
 
-    for task in tqdm(tasks, desc=f"sampling text from {name}", unit="task", disable=not progress):
-        quota = max(1, math.ceil(max_lines * rates[task.name] / total))
-        lines.extend(task_lines(task, split, quota, seed))
+    with tqdm(total=max_lines, desc=f"sampling text from {name}", unit="line",
+              disable=not progress) as bar:
+        for task in tasks:
+            quota = max(1, math.ceil(max_lines * rates[task.name] / total))
+            for line in task_lines(task, split, quota, seed):
+                lines.append(line)
+                bar.update()
     random.Random(seed).shuffle(lines)
     return lines[:max_lines]
 
@@ -169,9 +173,10 @@ def train_sentencepiece(lines: Iterable[str], vocab_size: int, out_dir: str | os
     import sentencepiece as spm  # noqa: PLC0415
 
     num_pieces = vocab_size - EXTRA_IDS
-    if num_pieces < 256 + 3 + 16:
-        raise ValueError(f"vocab size {vocab_size} is too small: byte fallback alone needs 259 "
-                         f"pieces plus {EXTRA_IDS} extra ids")
+    min_size = 256 + 3 + 16 + EXTRA_IDS  # bytes, specials, a few real pieces, the sentinels
+    if vocab_size < min_size:
+        raise ValueError(f"vocab size {vocab_size} is too small: byte fallback needs 259 pieces, "
+                         f"plus {EXTRA_IDS} extra ids; use at least {min_size}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8", delete=False) as f:
@@ -199,7 +204,7 @@ def train_sentencepiece(lines: Iterable[str], vocab_size: int, out_dir: str | os
 
 
 def builtin_lines(data_dir: str | os.PathLike | None = None, max_lines: int = 200_000,
-                  alpha: float = 0.3, seed: int = 0, progress: bool = True) -> list[str]:
+                  alpha: float | None = None, seed: int = 0, progress: bool = True) -> list[str]:
     """Lines of the built-in monolingual corpus, each language's share ∝ n ** alpha (as `mono`).
 
     Reads the TFDS data under `data_dir` directly, in one pass over every language's train split
@@ -207,6 +212,9 @@ def builtin_lines(data_dir: str | os.PathLike | None = None, max_lines: int = 20
     import tensorflow_datasets as tfds  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
+    from tasks import registry  # noqa: PLC0415
+
+    alpha = registry.DEFAULT_ALPHA if alpha is None else alpha
     builder = tfds.builder(corpora.MONOLINGUAL, data_dir=str(corpora.tfds_data_dir(data_dir)))
     splits = [corpora.split_name(tag, "train") for tag in corpora.MONOLINGUAL_LANGUAGES]
     sizes = {tag: builder.info.splits[split].num_examples
@@ -262,8 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = train_from_mixture(args.mixture, args.size, args.out, args.max_sentences,
                                   args.split, args.seed)
-    except (KeyError, ValueError, corpora.CorpusNotPreparedError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except (ValueError, corpora.CorpusNotPreparedError, VocabularyNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:  # registry.UnknownTaskError: an unknown --mixture, with close names
+        if type(e).__name__ != "UnknownTaskError":
+            raise
+        print(f"error: {e}", file=sys.stderr)
         return 2
     vocabulary = sentencepiece_vocabulary(path)
     print(f"wrote {path} ({vocabulary.vocab_size} ids incl. {EXTRA_IDS} extra ids)")

@@ -21,6 +21,8 @@ def test_missing_corpora_name_the_prepare_command(tmp_path):
                                        splits=["train"])
     with pytest.raises(corpora.CorpusNotPreparedError, match="python -m tasks.corpora prepare"):
         source.get_dataset("train")
+    with pytest.raises(corpora.CorpusNotPreparedError, match="python -m tasks.corpora prepare"):
+        source.list_shards("train")  # what a sharded (multi-host) read asks first
     with pytest.raises(corpora.CorpusNotPreparedError, match=str(tmp_path)):
         source.num_input_examples("train")
     with pytest.raises(corpora.CorpusNotPreparedError, match="python -m tasks.corpora prepare"):
@@ -58,12 +60,16 @@ def test_mono_samples_languages_by_n_to_the_0_3(prepared):
     sizes = source.sizes("train")
     rates = language_sampling.language_rates(sizes, 0.3)
     docs = source.get_dataset("train", shuffle=True, seed=5).take(10_000)
-    counts = collections.Counter(ex["lang"].decode() for ex in docs.as_numpy_iterator())
-    assert set(counts) == set(languages)
+    chars = collections.Counter()
+    for ex in docs.as_numpy_iterator():
+        chars[ex["lang"].decode()] += len(ex["text"].decode())
+    assert set(chars) == set(languages)
+    total = sum(chars.values())
+    # Each language's share of the text (what becomes tokens) is its n^0.3 share; with ~20
+    # languages over 10k documents the sampling error is a few percent of each share.
     for lang in languages:
-        assert counts[lang] / 10_000 == pytest.approx(rates[lang], abs=0.01), lang
-    assert rates[by_size[-1]] / rates[by_size[100]] == pytest.approx(
-        (sizes[by_size[-1]] / sizes[by_size[100]]) ** 0.3)
+        assert chars[lang] / total == pytest.approx(rates[lang], rel=0.2), lang
+    assert source.num_input_examples("train") is None  # endless: seqio must not cache it
 
 
 @pytest.mark.parametrize("name, lengths", [("multitask", {"inputs": 256, "targets": 64}),
@@ -76,3 +82,32 @@ def test_multitask_batches(prepared, name, lengths):
     assert np.all(batch["encoder_segment_ids"].max(axis=1) >= 1)
     vocab_size = tasks.get(name).tasks[0].output_features["targets"].vocabulary.vocab_size
     assert batch["decoder_target_tokens"].max() < vocab_size
+
+
+def test_translation_metrics_through_seqio_evaluator(prepared):
+    """The task's metric functions as train.py's inference eval will call them: a 'model' that
+    predicts the references (decoder targets, fixed length and zero-padded) scores 100."""
+    import seqio  # noqa: PLC0415
+
+    evaluator = seqio.Evaluator(
+        "translate_en_de", seqio.EncDecFeatureConverter(pack=False), eval_split="validation",
+        sequence_length={"inputs": 256, "targets": 256}, num_examples=16,
+        async_compute_metrics=False)
+
+    def predict_targets(dataset, model_feature_shapes=None):
+        del model_feature_shapes
+        # seqio hands (example index, model features) pairs.
+        return [(int(i), ex["decoder_target_tokens"]) for i, ex in dataset.as_numpy_iterator()]
+
+    all_metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_targets)
+    scores = all_metrics.result()["translate_en_de"]
+    # Not exactly 100: SentencePiece normalises to NFKC (e.g. "…" -> "..."), the references are raw.
+    assert scores["bleu"] > 80 and scores["chrf"] > 80
+
+
+def test_list_command_prints_matching_names(capsys):
+    from tasks.__main__ import main  # noqa: PLC0415
+
+    assert main(["list", "translate_en_d"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "task     translate_en_de" in out and all("translate_en_d" in line for line in out)

@@ -40,6 +40,22 @@ def test_sampling_frequencies_over_10k_examples_match_the_rates(alpha):
         assert counts[lang] / 10_000 == pytest.approx(rates[lang], abs=0.012), (lang, counts)
 
 
+def test_mass_weighting_makes_the_characters_follow_the_rates():
+    """Languages whose documents are 1 vs 10 characters long: weighting by characters gives each
+    language its n ** alpha share of the characters, not of the documents."""
+    sizes = {"s": 400, "l": 100}
+    texts = {"s": "x", "l": "y" * 10}
+    langs = [lang for lang, n in sizes.items() for _ in range(n)]
+    docs = tf.data.Dataset.from_tensor_slices({"lang": langs, "text": [texts[l] for l in langs]})
+    mass = {lang: n * len(texts[lang]) for lang, n in sizes.items()}
+    stream = ls.sample_languages(docs, sizes, 0.3, seed=1, mass=mass).take(6000)
+    chars = collections.Counter()
+    for ex in stream.as_numpy_iterator():
+        chars[ex["lang"].decode()] += len(ex["text"])
+    share = chars["s"] / (chars["s"] + chars["l"])
+    assert share == pytest.approx(ls.language_rates(sizes, 0.3)["s"], abs=0.02)
+
+
 def test_stream_is_a_function_of_the_seed_and_reshuffles_each_pass():
     sizes = {"a": 3, "b": 5}
     take = lambda seed: [ex["text"] for ex in ls.sample_languages(  # noqa: E731

@@ -109,10 +109,18 @@ def test_unpacked_and_decoder_only_converters(make_text_task):
     assert unpacked["encoder_input_tokens"].shape == (2, 8) and "encoder_segment_ids" not in unpacked
     prefix = next(tasks.get_dataset(name, "train", {"inputs": 8, "targets": 8}, batch_size=1,
                                     converter="prefix_lm", pack=False, shuffle=False).as_numpy_iterator())
-    # Prefix LM: inputs then targets in one decoder row; only the inputs attend bidirectionally.
+    # Prefix LM: "abc"+EOS then "cba"+EOS in one decoder row; the inputs (and the position that
+    # predicts the first target) attend bidirectionally, and only the targets carry loss.
     assert prefix["decoder_target_tokens"].shape == (1, 16)
-    assert prefix["decoder_causal_attention"][0].tolist()[:5] == [1, 1, 1, 1, 1]
-    assert prefix["decoder_loss_weights"][0].tolist()[:4] == [0, 0, 0, 0]
+    assert prefix["decoder_causal_attention"][0].tolist() == [1] * 5 + [0] * 11
+    assert prefix["decoder_loss_weights"][0].tolist() == [0] * 4 + [1] * 4 + [0] * 8
+    lm_name = make_text_task("lm", {"train": texts}, [
+        lambda ds: ds.map(lambda x: {"targets": x["text"]}), seqio.preprocessors.tokenize,
+        seqio.preprocessors.append_eos_after_trim], _byte_features(inputs=False))
+    lm = next(tasks.get_dataset(lm_name, "train", {"targets": 8}, batch_size=1, converter="decoder_only",
+                                shuffle=False).as_numpy_iterator())
+    assert lm["decoder_segment_ids"][0].tolist() == [1, 1, 1, 1, 2, 2, 2, 0]  # "abc"+EOS, "de"+EOS
+    assert lm["decoder_input_tokens"][0].tolist()[4] == 0  # each packed segment starts from BOS
     with pytest.raises(ValueError, match="unknown feature converter"):
         pipeline.feature_converter("encoder_only")
 

@@ -163,18 +163,46 @@ def test_byte_span_corruption_uses_top_bytes_as_sentinels(make_documents):
     assert all(t < sentinel_floor for d in documents for t in vocabulary.encode(d))
 
 
+def test_helper_lengths_are_the_lengths_the_mask_produces():
+    """For every inputs length, full pieces corrupt to exactly the promised lengths (the helper
+    and the mask round the same float32 way; at e.g. 640 float64 rounding would differ)."""
+    for inputs_length in list(range(8, 300)) + [512, 568, 640, 1024, 1180, 2048]:
+        for mean_span in (3.0, 20.0):
+            raw, targets = sc.random_spans_helper(inputs_length, 0.15, mean_span)
+            mask = _noise_mask(raw, seed=inputs_length, mean_span=mean_span)
+            spans = len(_runs(mask))
+            assert (raw - mask.sum() + spans + 1, mask.sum() + spans + 1) == (inputs_length, targets)
+
+
 def test_targets_length_too_short_is_refused(make_documents):
-    with pytest.raises(ValueError, match="at least 114"):
-        _run_objective(sc.span_corruption, make_documents(3), {"inputs": 512, "targets": 100},
+    _, targets = sc.random_spans_helper(128)
+    with pytest.raises(ValueError, match=f"at least {targets}"):
+        _run_objective(sc.span_corruption, make_documents(3), {"inputs": 128, "targets": targets - 1},
+                       seqio.ByteVocabulary())
+
+
+def test_more_spans_than_sentinels_is_refused(make_documents):
+    # 512 byte inputs -> 28 spans, but only bytes 0xF5..0xFF (11) never occur in UTF-8.
+    with pytest.raises(ValueError, match="28 noise spans, but the vocabulary has only 11 sentinel"):
+        _run_objective(sc.span_corruption, make_documents(3), {"inputs": 512, "targets": 114},
+                       seqio.ByteVocabulary())
+    with pytest.raises(ValueError, match="targets length of 64 would truncate"):
+        _run_objective(sc.prefix_lm, make_documents(3), {"inputs": 128, "targets": 64},
                        seqio.ByteVocabulary())
 
 
 def test_long_documents_are_chunked_and_split():
     vocabulary = seqio.ByteVocabulary()
-    document = "x" * 5000  # far longer than the sequence length
-    examples, _ = _run_objective(sc.span_corruption, [document], {"inputs": 128, "targets": 32}, vocabulary)
+    # 5000 bytes: far longer than a piece; 70000: longer than a chunk, of which one random
+    # 65536-aligned chunk is kept (T5's select_random_chunk): 65536 or the 4464 after it.
+    examples, _ = _run_objective(sc.span_corruption, ["x" * 5000], {"inputs": 128, "targets": 32}, vocabulary)
     raw_length, _ = sc.random_spans_helper(128)
     assert len(examples) == -(-5000 // raw_length)
+    kept = set()
+    for seed in range(6):
+        examples, _ = _run_objective(sc.lm, ["y" * 70000], {"targets": 1001}, vocabulary, seed=seed)
+        kept.add(sum(len(ex["targets"]) for ex in examples))
+    assert kept == {65536, 70000 - 65536}
 
 
 def test_empty_and_invalid_documents():
