@@ -3,11 +3,13 @@
 A seqio Mixture builds one preprocessing pipeline per task; over the ~480 languages of the
 built-in corpus that is ~0.5 s of graph tracing plus ~1 s to open each, i.e. minutes before the
 first batch. Here every language's documents come from one stream instead, and each document of
-language l is kept with probability ∝ n_l ** alpha / m_l, where n_l counts the language's
-documents (mT5's n) and m_l is its total size in the unit the model consumes (characters, for
-text; documents, if all are alike). Language l then makes up n_l ** alpha of what survives, in
-that unit — as in a seqio mixture, whose rates apply to the packed pieces it samples, which are
-tokens. The price is reading documents that get dropped, which is cheap for text.
+language l is emitted c_l ∝ n_l ** alpha / m_l times in expectation (floor(c_l) copies plus one
+more with probability frac(c_l)), where n_l counts the language's documents (mT5's n) and m_l is
+its total size in the unit the model consumes (characters, for text; documents, if all are
+alike). Language l then makes up n_l ** alpha of the stream, in that unit — as in a seqio
+mixture, whose rates apply to the packed pieces it samples, which are tokens. The scale makes a
+pass emit as many documents as it reads, so small languages are repeated and large ones thinned
+rather than almost everything read being dropped; a shuffle buffer spreads the copies.
 
 Pieces are cut from the concatenated stream (T5 concatenates documents before splitting), so a
 piece may straddle two documents of different languages, which per-language mixture tasks avoid.
@@ -20,7 +22,8 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-_COIN_SEED_OFFSET = 7919  # keeps the keep/drop coins apart from seqio's per-example map seeds
+_COIN_SEED_OFFSET = 7919  # keeps the copy coins apart from seqio's per-example map seeds
+COPY_SHUFFLE_BUFFER = 10_000  # documents; spreads a small language's copies apart
 
 
 def language_rates(sizes: Mapping[str, int], alpha: float) -> dict[str, float]:
@@ -30,9 +33,10 @@ def language_rates(sizes: Mapping[str, int], alpha: float) -> dict[str, float]:
     return {lang: w / total for lang, w in weights.items()}
 
 
-def keep_probabilities(sizes: Mapping[str, int], alpha: float,
-                       mass: Mapping[str, float] | None = None) -> dict[str, float]:
-    """Per-language keep probability ∝ n ** alpha / mass (mass defaults to n), the largest 1."""
+def copies_per_document(sizes: Mapping[str, int], alpha: float,
+                        mass: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Expected copies of each document of language l: ∝ n_l ** alpha / mass_l (mass defaults to
+    n), scaled so that a pass over all documents emits as many as it reads."""
     if not 0 < alpha <= 1:
         raise ValueError(f"language sampling exponent alpha must be in (0, 1], got {alpha}")
     mass = sizes if mass is None else mass
@@ -40,8 +44,8 @@ def keep_probabilities(sizes: Mapping[str, int], alpha: float,
     if empty:
         raise ValueError(f"languages with no documents cannot be sampled: {', '.join(empty)}")
     raw = {lang: n ** alpha / mass[lang] for lang, n in sizes.items()}
-    top = max(raw.values())
-    return {lang: float(p / top) for lang, p in raw.items()}
+    scale = sum(sizes.values()) / sum(sizes[lang] * raw[lang] for lang in sizes)
+    return {lang: float(scale * r) for lang, r in raw.items()}
 
 
 def sample_languages(documents: tf.data.Dataset, sizes: Mapping[str, int], alpha: float,
@@ -50,23 +54,28 @@ def sample_languages(documents: tf.data.Dataset, sizes: Mapping[str, int], alpha
     """An endless stream of `documents` (one pass = every language's documents) resampled so
     that language l's share of `mass` is ∝ n_l ** alpha.
 
-    Each pass is reshuffled (from `seed`) and the keep decisions come from a seeded random
-    stream, so the result is a pure function of `seed` (`None`: nondeterministic, as in seqio).
+    Each pass is reshuffled (from `seed`) and the copy counts come from a seeded random stream,
+    so the result is a pure function of `seed` (`None`: nondeterministic, as in seqio).
     """
-    keep = keep_probabilities(sizes, alpha, mass)
+    copies = copies_per_document(sizes, alpha, mass)
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
-            tf.constant(list(keep), tf.string), tf.constant(list(keep.values()), tf.float32)),
-        default_value=0.0,  # a language outside `sizes` is never kept
+            tf.constant(list(copies), tf.string), tf.constant(list(copies.values()), tf.float32)),
+        default_value=0.0,  # a language outside `sizes` is never emitted
     )
     if shuffle:
         documents = documents.shuffle(sum(sizes.values()), seed=seed, reshuffle_each_iteration=True)
     documents = documents.repeat()
     coin_seed = seed + _COIN_SEED_OFFSET if seed is not None else int(np.random.randint(2**31))
 
-    def kept(example, coin):
+    def repeated(example, coin):
+        expected = table.lookup(example[lang_key])
         uniform = tf.cast(coin % (1 << 24), tf.float32) / float(1 << 24)
-        return uniform < table.lookup(example[lang_key])
+        count = tf.floor(expected) + tf.cast(uniform < expected - tf.floor(expected), tf.float32)
+        return tf.data.Dataset.from_tensors(example).repeat(tf.cast(count, tf.int64))
 
-    stream = tf.data.Dataset.zip((documents, tf.data.Dataset.random(seed=coin_seed))).filter(kept)
-    return stream.map(lambda example, coin: example)
+    stream = tf.data.Dataset.zip((documents, tf.data.Dataset.random(seed=coin_seed)))
+    stream = stream.flat_map(repeated)
+    if shuffle:
+        stream = stream.shuffle(COPY_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    return stream
