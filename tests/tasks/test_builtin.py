@@ -111,3 +111,23 @@ def test_list_command_prints_matching_names(capsys):
     assert main(["list", "translate_en_d"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "task     translate_en_de" in out and all("translate_en_d" in line for line in out)
+
+
+def test_hosts_read_disjoint_shards(prepared):
+    """Multi-host: each host's shard of a split holds different documents, and together all."""
+    import seqio  # noqa: PLC0415
+
+    source = tasks.get("mono").source
+    shards = [
+        {(ex["lang"], ex["doc_id"]) for ex in source.get_dataset(
+            "validation", shuffle=False, shard_info=seqio.ShardInfo(index=i, num_shards=3)
+        ).as_numpy_iterator()}
+        for i in range(3)
+    ]
+    assert all(shards) and not (shards[0] & shards[1] or shards[0] & shards[2] or shards[1] & shards[2])
+    assert sum(map(len, shards)) == source.num_input_examples("validation")
+    task = tasks.get("translate_en_de")
+    pages = [{ex["inputs_pretokenized"] for ex in task.get_dataset(
+        {"inputs": 64, "targets": 64}, split="validation", shuffle=False, num_epochs=1,
+        shard_info=seqio.ShardInfo(index=i, num_shards=2)).as_numpy_iterator()} for i in range(2)]
+    assert pages[0] and pages[1] and len(pages[0] | pages[1]) > max(len(pages[0]), len(pages[1]))
