@@ -26,6 +26,7 @@ from bench.util import PeerProcess, emit_json, print_table, time_calls, time_int
 from models import convert, flops, losses
 from models.config import T5Config
 from models.network import Transformer
+from trainer import optimizers
 
 MODELS = {
     "small": T5Config(),  # T5.1.1-small: 512 d_model, 6 heads, 8+8 layers, d_ff 1024, GEGLU
@@ -34,13 +35,6 @@ MODELS = {
                      num_encoder_layers=2, num_decoder_layers=2),
 }
 CEILING_N = 2048  # the square matmul that measures the machine's fp32 ceiling
-
-
-def t5x_adafactor(learning_rate=1e-3):
-  """Adafactor with T5X's defaults (DESIGN §3)."""
-  return optax.adafactor(learning_rate, decay_rate=0.8, clipping_threshold=1.0,
-                         multiply_by_parameter_scale=True, momentum=None,
-                         min_dim_size_to_factor=128)
 
 
 def make_batch(cfg, batch, inputs_len, targets_len, seed=0):
@@ -55,7 +49,7 @@ def make_batch(cfg, batch, inputs_len, targets_len, seed=0):
 def xt5_step(cfg, batch_np):
   """A blocking call running one jitted xt5 train step (state carried between calls)."""
   module = Transformer(cfg)
-  tx = t5x_adafactor()
+  tx = optimizers.adafactor(1e-3)  # T5X's defaults
   batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
   params = nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), batch["encoder_input_tokens"],
                                          batch["decoder_input_tokens"])["params"])
