@@ -46,10 +46,13 @@ def get_dataset(
     num_epochs: int | None = None,
     shard_info: seqio.ShardInfo | None = None,
     try_in_mem_cache: bool = True,
+    drop_remainder: bool = True,
 ) -> tf.data.Dataset:
     """Batches of model features for a task or mixture (`num_epochs=None`: repeat forever).
 
     With `shard_info` each host reads its own shard and `batch_size` is the per-host batch.
+    Training wants full batches (`drop_remainder`); an evaluation over a finite split passes
+    `num_epochs=1, drop_remainder=False` to see every example.
     Unknown names and splits are refused here, with the close names. `try_in_mem_cache=False`
     skips seqio's size lookup (needed under `tfds.testing.mock_data`, which has no split sizes).
     """
@@ -63,7 +66,7 @@ def get_dataset(
                                    try_in_mem_cache=try_in_mem_cache)
     dataset = feature_converter(converter, pack)(dataset, lengths)
     if batch_size:
-        dataset = dataset.batch(batch_size, drop_remainder=True)
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

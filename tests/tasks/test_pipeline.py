@@ -107,6 +107,10 @@ def test_unpacked_and_decoder_only_converters(make_text_task):
     unpacked = next(tasks.get_dataset(name, "train", {"inputs": 8, "targets": 8}, batch_size=2,
                                       pack=False, shuffle=False).as_numpy_iterator())
     assert unpacked["encoder_input_tokens"].shape == (2, 8) and "encoder_segment_ids" not in unpacked
+    eval_batches = list(tasks.get_dataset(name, "train", {"inputs": 8, "targets": 8}, batch_size=3,
+                                          pack=False, shuffle=False, num_epochs=1,
+                                          drop_remainder=False).as_numpy_iterator())
+    assert [b["encoder_input_tokens"].shape[0] for b in eval_batches] == [2]  # nothing dropped
     prefix = next(tasks.get_dataset(name, "train", {"inputs": 8, "targets": 8}, batch_size=1,
                                     converter="prefix_lm", pack=False, shuffle=False).as_numpy_iterator())
     # Prefix LM: "abc"+EOS then "cba"+EOS in one decoder row; the inputs (and the position that
