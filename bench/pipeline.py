@@ -4,10 +4,10 @@
 
 Two configurations, as pretraining runs them: subword span corruption at 512/114 on `mono` (all
 ~480 built-in languages sampled ∝ n^0.3, built-in SentencePiece vocabulary) and byte-level at
-1024/189 on `byt5_mono` (ByT5, span 20); both packed by seqio's EncDecFeatureConverter into rows of `--batch`. For each, the rate at
-which the train step of `--model` (T5.1.1 shapes with the task's vocabulary) consumes rows of
-that shape is measured in the same script, after the pipeline, never concurrently. The pipeline
-must outrun it >= 10x. Ends with one JSON line. Needs `python -m tasks.corpora prepare`.
+1024/189 on `byt5_mono` (ByT5, span 20); both packed by seqio's EncDecFeatureConverter into
+rows of `--batch`. For each, the rate at which the train step of `--model` (T5.1.1 shapes with
+the task's vocabulary) consumes rows of that shape is measured in the same script, after the
+pipeline, never concurrently. The pipeline must outrun it >= 10x. Ends with one JSON line. Needs `python -m tasks.corpora prepare`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import tasks
 from bench.train_step import MODELS, make_batch, xt5_step
 from bench.util import emit_json, print_table, time_calls
-from tasks import corpora
+from tasks import corpora, vocab
 
 CONFIGS = {  # name: (task, inputs length, targets length)
     "subword 512/114": ("mono", 512, 114),
@@ -32,11 +32,11 @@ CONFIGS = {  # name: (task, inputs length, targets length)
 }
 
 
-def pipeline_rate(mixture: str, inputs: int, targets: int, batch: int, rows: int) -> dict:
+def pipeline_rate(task: str, inputs: int, targets: int, batch: int, rows: int) -> dict:
   """Rows/s and examples/s (packed segments) of the packed train pipeline, after warm-up."""
-  ds = tasks.get_dataset(mixture, "train", {"inputs": inputs, "targets": targets},
+  ds = tasks.get_dataset(task, "train", {"inputs": inputs, "targets": targets},
                          batch_size=batch, shuffle=True, seed=0)
-  it = tasks.as_numpy(ds, mixture)
+  it = tasks.as_numpy(ds, task)
   for _ in range(max(2, 64 // batch)):  # warm-up: open every source, fill prefetch buffers
     next(it)
   t0 = time.perf_counter()
@@ -51,8 +51,9 @@ def pipeline_rate(mixture: str, inputs: int, targets: int, batch: int, rows: int
           "fill": tokens / (num_rows * inputs)}
 
 
-def train_rows_per_s(model: str, vocab_size: int, inputs: int, targets: int, batch: int, iters: int) -> float:
-  cfg = MODELS[model].replace(vocab_size=-(-vocab_size // 128) * 128)
+def train_rows_per_s(model: str, vocab_size: int, inputs: int, targets: int, batch: int,
+                     iters: int) -> float:
+  cfg = MODELS[model].replace(vocab_size=vocab_size)
   return batch / time_calls(xt5_step(cfg, make_batch(cfg, batch, inputs, targets)), iters=iters)
 
 
@@ -66,9 +67,9 @@ def main(argv=None):
   corpora.require_prepared("bench.pipeline")
 
   rows, results = [], {}
-  for name, (mixture, inputs, targets) in CONFIGS.items():
-    rate = pipeline_rate(mixture, inputs, targets, args.batch, args.rows)
-    vocab_size = tasks.get(mixture).output_features["targets"].vocabulary.vocab_size
+  for name, (task, inputs, targets) in CONFIGS.items():
+    rate = pipeline_rate(task, inputs, targets, args.batch, args.rows)
+    vocab_size = vocab.padded_vocab_size(tasks.get(task).output_features["targets"].vocabulary)
     consumed = train_rows_per_s(args.model, vocab_size, inputs, targets, args.batch, args.iters)
     results[name] = {**rate, "train_rows_per_s": consumed, "ratio": rate["rows_per_s"] / consumed}
     rows.append([name, rate["examples_per_s"], rate["rows_per_s"], rate["fill"], consumed,

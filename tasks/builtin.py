@@ -65,8 +65,7 @@ class SampledMonolingualSource(seqio.DataSource):
                  languages: Sequence[str] = corpora.MONOLINGUAL_LANGUAGES):
         super().__init__(splits=("train", "validation"), caching_permitted=False,
                          performs_internal_shuffling=True)
-        if not 0 < alpha <= 1:
-            raise ValueError(f"language sampling exponent alpha must be in (0, 1], got {alpha}")
+        language_sampling.check_alpha(alpha)
         self.alpha, self._data_dir, self.languages = alpha, data_dir, tuple(languages)
         self._characters: dict[str, dict[str, int]] = {}
 
@@ -81,7 +80,8 @@ class SampledMonolingualSource(seqio.DataSource):
         corpora.require_prepared(corpora.MONOLINGUAL, self._data_dir)
         return tfds.builder(corpora.MONOLINGUAL, data_dir=str(corpora.tfds_data_dir(self._data_dir)))
 
-    def _documents(self, split: str) -> tf.data.Dataset:
+    def documents(self, split: str) -> tf.data.Dataset:
+        """Every language's documents of `split`, in file order (no sampling)."""
         return self._builder().as_dataset(
             split="+".join(corpora.split_name(tag, split) for tag in self.languages),
             shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False))
@@ -95,7 +95,7 @@ class SampledMonolingualSource(seqio.DataSource):
         """Characters (UTF-8 code points) per language; one pass over the split, then cached."""
         if split not in self._characters:
             totals = dict.fromkeys(self.languages, 0)
-            lengths = self._documents(split).map(
+            lengths = self.documents(split).map(
                 lambda x: (x["lang"], tf.strings.length(x["text"], unit="UTF8_CHAR")))
             for lang, length in lengths.batch(4096).as_numpy_iterator():
                 for tag, n in zip(lang, length):
@@ -110,7 +110,7 @@ class SampledMonolingualSource(seqio.DataSource):
                     shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
                     use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
         del sequence_length, use_cached, num_epochs  # train is endless; seqio repeats the rest
-        documents = self._documents(split)
+        documents = self.documents(split)
         if shard_info:
             documents = documents.shard(shard_info.num_shards, shard_info.index)
         if split == "train":

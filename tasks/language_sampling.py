@@ -26,6 +26,11 @@ _COIN_SEED_OFFSET = 7919  # keeps the copy coins apart from seqio's per-example 
 COPY_SHUFFLE_BUFFER = 10_000  # documents; spreads a small language's copies apart
 
 
+def check_alpha(alpha: float) -> None:
+    if not 0 < alpha <= 1:
+        raise ValueError(f"language sampling exponent alpha must be in (0, 1], got {alpha}")
+
+
 def language_rates(sizes: Mapping[str, int], alpha: float) -> dict[str, float]:
     """Each language's share of the sampled stream: n ** alpha, normalised."""
     weights = {lang: n ** alpha for lang, n in sizes.items()}
@@ -37,8 +42,7 @@ def copies_per_document(sizes: Mapping[str, int], alpha: float,
                         mass: Mapping[str, float] | None = None) -> dict[str, float]:
     """Expected copies of each document of language l: ∝ n_l ** alpha / mass_l (mass defaults to
     n), scaled so that a pass over all documents emits as many as it reads."""
-    if not 0 < alpha <= 1:
-        raise ValueError(f"language sampling exponent alpha must be in (0, 1], got {alpha}")
+    check_alpha(alpha)
     mass = sizes if mass is None else mass
     empty = [lang for lang in sizes if sizes[lang] <= 0 or mass[lang] <= 0]
     if empty:

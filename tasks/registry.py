@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import seqio
 
+from tasks import language_sampling
+
 # mT5: sample language l with probability ∝ n_l ** alpha (seqio: temperature = 1 / alpha).
 DEFAULT_ALPHA = 0.3
 
@@ -38,8 +40,7 @@ def get(name: str) -> seqio.Task | seqio.Mixture:
 
 def language_rate(alpha: float = DEFAULT_ALPHA, maximum: int | None = None) -> functools.partial:
     """Mixing-rate function n ** alpha, n = the task's number of training examples."""
-    if not 0 < alpha <= 1:
-        raise ValueError(f"language sampling exponent alpha must be in (0, 1], got {alpha}")
+    language_sampling.check_alpha(alpha)
     return functools.partial(seqio.mixing_rate_num_examples, temperature=1.0 / alpha, maximum=maximum)
 
 

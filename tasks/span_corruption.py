@@ -41,11 +41,7 @@ def random_spans_helper(
     """
 
     def corrupted_lengths(tokens_length: int) -> tuple[int, int]:
-        # The same float32 arithmetic, rounding (half to even) and clamps as the noise mask, so
-        # the lengths promised here are the lengths produced (float64 differs at some lengths).
-        num_noise = int(np.round(np.float32(tokens_length) * np.float32(noise_density)))
-        num_noise = min(max(num_noise, 1), tokens_length - 1)
-        num_spans = max(int(np.round(np.float32(num_noise) / np.float32(mean_noise_span_length))), 1)
+        num_noise, num_spans = noise_counts(tokens_length, noise_density, mean_noise_span_length)
         return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
     tokens_length = inputs_length - 1
@@ -54,10 +50,15 @@ def random_spans_helper(
     return tokens_length, corrupted_lengths(tokens_length)[1]
 
 
-def num_noise_spans(tokens_length: int, noise_density: float, mean_noise_span_length: float) -> int:
+def noise_counts(tokens_length: int, noise_density: float,
+                 mean_noise_span_length: float) -> tuple[int, int]:
+    """(noise tokens, noise spans) of a piece of `tokens_length`, as `random_spans_noise_mask`
+    counts them: the same float32 arithmetic, rounding (half to even) and clamps, so lengths
+    promised from these are the lengths produced (float64 differs at some lengths, e.g. 640)."""
     num_noise = int(np.round(np.float32(tokens_length) * np.float32(noise_density)))
     num_noise = min(max(num_noise, 1), tokens_length - 1)
-    return max(int(np.round(np.float32(num_noise) / np.float32(mean_noise_span_length))), 1)
+    num_spans = max(int(np.round(np.float32(num_noise) / np.float32(mean_noise_span_length))), 1)
+    return num_noise, num_spans
 
 
 def available_sentinels(vocabulary: seqio.Vocabulary) -> int | None:
@@ -197,7 +198,7 @@ def span_corruption(
         sequence_length["inputs"], noise_density, mean_noise_span_length
     )
     vocabulary = output_features["targets"].vocabulary
-    spans = num_noise_spans(raw_length, noise_density, mean_noise_span_length)
+    _, spans = noise_counts(raw_length, noise_density, mean_noise_span_length)
     sentinels = available_sentinels(vocabulary)
     if sentinels is not None and spans > sentinels:
         raise ValueError(

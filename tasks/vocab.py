@@ -98,12 +98,14 @@ def check_fits(vocabulary: seqio.Vocabulary, model_vocab_size: int, what: str = 
             f"the {what} has {vocabulary.vocab_size} ids but the model's vocab_size is "
             f"{model_vocab_size}: ids >= {model_vocab_size} would index past the embedding. "
             f"Use a model config with vocab_size >= {vocabulary.vocab_size} (e.g. "
-            f"--gin.T5Config.vocab_size={_round_up(vocabulary.vocab_size, 128)}) or a smaller vocabulary."
+            f"--gin.T5Config.vocab_size={padded_vocab_size(vocabulary)}) or a smaller vocabulary."
         )
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+def padded_vocab_size(vocabulary: seqio.Vocabulary) -> int:
+    """The embedding size a model needs for `vocabulary`: its size rounded up to a multiple of
+    128, as T5's configs do (32100 -> 32128, 250100 -> 250112, ByT5's 259 -> 384)."""
+    return -(-vocabulary.vocab_size // 128) * 128
 
 
 # --- training -------------------------------------------------------------------------------
@@ -209,24 +211,20 @@ def builtin_lines(data_dir: str | os.PathLike | None = None, max_lines: int = 20
 
     Reads the TFDS data under `data_dir` directly, in one pass over every language's train split
     (the registered tasks point at the default data dir; one split at a time is 10x slower)."""
-    import tensorflow_datasets as tfds  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
-    from tasks import registry  # noqa: PLC0415
+    from tasks import builtin, language_sampling, registry  # noqa: PLC0415 (they import this)
 
-    alpha = registry.DEFAULT_ALPHA if alpha is None else alpha
-    builder = tfds.builder(corpora.MONOLINGUAL, data_dir=str(corpora.tfds_data_dir(data_dir)))
-    splits = [corpora.split_name(tag, "train") for tag in corpora.MONOLINGUAL_LANGUAGES]
-    sizes = {tag: builder.info.splits[split].num_examples
-             for tag, split in zip(corpora.MONOLINGUAL_LANGUAGES, splits)}
-    total = sum(n ** alpha for n in sizes.values())
-    quota = {tag: max(1, math.ceil(max_lines * n ** alpha / total)) for tag, n in sizes.items()}
-    dataset = builder.as_dataset(split="+".join(splits), shuffle_files=False,
-                                 read_config=tfds.ReadConfig(try_autocache=False))
+    source = builtin.SampledMonolingualSource(
+        registry.DEFAULT_ALPHA if alpha is None else alpha, data_dir=data_dir)
+    sizes = source.sizes("train")
+    quota = {tag: max(1, math.ceil(max_lines * rate))
+             for tag, rate in language_sampling.language_rates(sizes, source.alpha).items()}
     by_language: dict[str, list[str]] = {tag: [] for tag in sizes}
-    for example in tqdm(dataset.as_numpy_iterator(), total=sum(sizes.values()), unit="doc",
-                        desc="sampling vocabulary text", disable=not progress):
-        tag, taken = example["lang"].decode(), by_language[example["lang"].decode()]
+    for example in tqdm(source.documents("train").as_numpy_iterator(), total=sum(sizes.values()),
+                        unit="doc", desc="sampling vocabulary text", disable=not progress):
+        tag = example["lang"].decode()
+        taken = by_language[tag]
         for line in example["text"].decode("utf-8", errors="replace").splitlines():
             if line.strip() and len(taken) < quota[tag]:
                 taken.append(line)

