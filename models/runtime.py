@@ -26,3 +26,5 @@ def configure(environ=os.environ, extra_xla_flags=()) -> None:
   environ["XLA_FLAGS"] = flags
   # jax 0.10.2 on a 2-core CPU can deadlock in multi-device collectives without it.
   environ.setdefault("PJRT_NPROC", "16")
+  # TensorFlow (the input pipeline) logs CUDA probing and oneDNN notices at import.
+  environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -5,7 +5,13 @@ Importing `tasks` registers every task and mixture (`tasks.builtin`: the built-i
 batches in seqio's feature-converter format, which `models/` consumes.
 """
 
-from tasks import builtin, tfds_tasks
+import tensorflow as tf
+
+# The input pipeline runs on the CPU; on a GPU machine TensorFlow would otherwise reserve the
+# memory JAX needs (DESIGN §6).
+tf.config.set_visible_devices([], "GPU")
+
+from tasks import builtin, tfds_tasks  # noqa: E402
 from tasks.pipeline import EmptyDatasetError, as_numpy, feature_converter, get_dataset
 from tasks.registry import UnknownTaskError, add_language_mixture, get, mixing_proportions
 

@@ -68,16 +68,22 @@ def sgd(learning_rate: Schedule | float) -> optax.GradientTransformation:
 OPTIMIZERS = {"adafactor": adafactor, "adamw": adamw, "sgd": sgd}
 
 
-def make_optimizer(name: str, learning_rate: Schedule | float, clip_grad_norm: float | None = None,
+def make_optimizer(optimizer: str | Callable[..., optax.GradientTransformation],
+                   learning_rate: Schedule | float, clip_grad_norm: float | None = None,
                    **kwargs) -> optax.GradientTransformation:
-    """The optimizer `name` (`OPTIMIZERS`), optionally after clipping gradients to a global norm.
+    """The optimizer (a name in `OPTIMIZERS`, or a factory taking the learning rate, e.g. a
+    gin-configured `optimizers.adamw`), optionally after clipping gradients to a global norm.
 
     `kwargs` go to the optimizer (e.g. `weight_decay` for AdamW).
     """
-    try:
-        factory = OPTIMIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}") from None
+    if callable(optimizer):
+        factory = optimizer
+    else:
+        try:
+            factory = OPTIMIZERS[optimizer]
+        except KeyError:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of "
+                             f"{sorted(OPTIMIZERS)}") from None
     tx = factory(learning_rate, **kwargs)
     if clip_grad_norm is not None:
         if clip_grad_norm <= 0:
