@@ -199,6 +199,16 @@ def _make_mesh(mesh_shape: Mapping[str, int] | None):
     return partitioning.make_mesh(mesh_shape, devices=devices)
 
 
+def _data_parallel(mesh) -> int:
+    return mesh.shape.get("data", 1) * mesh.shape.get("replica", 1)
+
+
+def _eval_batch_size(batch_size: int, mesh_shape) -> int:
+    """`batch_size` rounded up to a multiple of the data-parallel devices (eval/infer pad)."""
+    n = _data_parallel(_make_mesh(mesh_shape))
+    return -(-batch_size // n) * n
+
+
 def _setup(model_config: T5Config, mesh_shape, partitioning_rules):
     mesh = _make_mesh(mesh_shape)
     return mesh, partitioning.batch_sharding(mesh, partitioning_rules), Transformer(model_config)
@@ -310,6 +320,12 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     dataset = data.DatasetConfig(mixture_or_task_name, dict(task_feature_lengths), "train",
                                  batch_size, converter, pack, True, seed)
     mesh, batch_sharding, module = _setup(model_config, mesh_shape, partitioning_rules)
+    per_step = batch_size // max(accumulation_steps, 1)
+    if batch_size % max(accumulation_steps, 1) or per_step % _data_parallel(mesh):
+        raise ConfigError(
+            f"BATCH_SIZE={batch_size} with ACCUMULATION_STEPS={accumulation_steps} gives "
+            f"microbatches of {batch_size / max(accumulation_steps, 1):g} rows, which must be a "
+            f"whole multiple of the {_data_parallel(mesh)} data-parallel devices")
     tx = optimizers.make_optimizer(optimizer, learning_rate, clip_grad_norm)
     example = _example_batch(converter, pack, task_feature_lengths, batch_size)
     shardings = state_lib.state_shardings(module, tx, example, mesh, partitioning_rules)
@@ -352,7 +368,8 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
 
         evaluator = evaluation.InferenceEvaluator(
             mixture_or_task_name, eval_split, task_feature_lengths,
-            infer_eval_batch_size or batch_size, log_dir=os.path.join(model_dir, "inference_eval"),
+            _eval_batch_size(infer_eval_batch_size or batch_size, mesh_shape),
+            log_dir=os.path.join(model_dir, "inference_eval"),
             max_examples=infer_eval_examples, seed=seed)
 
     def run_eval(step: int, params) -> dict[str, float]:
@@ -453,6 +470,7 @@ def evaluate(*, checkpoint_path: str, model_config: T5Config, mixture_or_task_na
     """Teacher-forced and inference metrics of a checkpoint; written to
     OUTPUT_DIR/eval_metrics.json and TensorBoard."""
     _check_vocabulary(mixture_or_task_name, model_config)
+    batch_size = _eval_batch_size(batch_size, mesh_shape)
     example = _example_batch(converter, pack, task_feature_lengths, batch_size)
     mesh, batch_sharding, module, params = _params_for(checkpoint_path, model_config, mesh_shape,
                                                        partitioning_rules, example)
@@ -503,6 +521,7 @@ def infer(*, checkpoint_path: str, model_config: T5Config, output_file: str, bat
         raise ConfigError("INPUT_FILE needs a vocabulary: set MIXTURE_OR_TASK_NAME to a task "
                           "with the model's vocabulary, or bind train_script.infer.vocabulary "
                           "(e.g. = @vocab.builtin_vocabulary())")
+    batch_size = _eval_batch_size(batch_size, mesh_shape)
     example = _example_batch("encoder_decoder", False, task_feature_lengths, batch_size)
     mesh, batch_sharding, module, params = _params_for(checkpoint_path, model_config, mesh_shape,
                                                        partitioning_rules, example)

@@ -242,6 +242,18 @@ def test_one_device_and_eight_devices_agree(tmp_path):
                                    atol=1e-5, err_msg=name)
 
 
+def test_resume_on_a_different_mesh(tmp_path):
+    run = tmp_path / "run"
+    run_train(run, train_steps=2, checkpoint_period=2, partitioning_rules="fsdp")  # 8 devices
+    run_train(run, train_steps=4, checkpoint_period=2, mesh_shape={"data": 2, "model": 1})
+    assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [2, 4]
+    straight = tmp_path / "straight"
+    run_train(straight, train_steps=4)
+    resumed, want = logged(run), logged(straight)
+    assert sorted(resumed) == [1, 2, 3, 4]
+    np.testing.assert_allclose([resumed[s] for s in (3, 4)], [want[s] for s in (3, 4)], atol=1e-5)
+
+
 def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path):
     gin_file = write_gin(tmp_path)
     run = tmp_path / "run"
