@@ -79,11 +79,8 @@ def _check_vocabulary(mixture_or_task_name: str, cfg: T5Config) -> None:
                          f"{mixture_or_task_name!r} {name} vocabulary")
 
 
-def _latest_train_step(path: str) -> int | None:
-    directory = os.path.join(path, CHECKPOINTS)
-    if not os.path.isdir(directory):
-        return None
-    return checkpoints.Checkpointer(directory, async_save=False).latest_step()
+def _is_train_dir(path: str) -> bool:
+    return bool(checkpoints.committed_steps(os.path.join(path, CHECKPOINTS)))
 
 
 def load_params(path: str, cfg: T5Config, shardings) -> Any:
@@ -93,10 +90,9 @@ def load_params(path: str, cfg: T5Config, shardings) -> Any:
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
-    if _latest_train_step(path) is not None:
-        ckpt = checkpoints.Checkpointer(os.path.join(path, CHECKPOINTS), async_save=False)
-        step, params = ckpt.restore_params(_abstract(cfg, shardings))
-        ckpt.close()
+    if _is_train_dir(path):
+        with checkpoints.Checkpointer(os.path.join(path, CHECKPOINTS)) as ckpt:
+            step, params = ckpt.restore_params(_abstract(cfg, shardings))
         log.info("params of step %d from %s", step, ckpt.directory)
         return params
     if os.path.isdir(os.path.join(path, model_checkpoint.PARAMS_DIR)):
@@ -133,9 +129,10 @@ def _layout(cfg: T5Config) -> dict:
 def _eval_tasks(name: str, split: str, with_metrics: bool = False) -> list[str]:
     import seqio
     import tasks
+    from trainer import evaluation
 
     return [t.name for t in seqio.get_subtasks(tasks.get(name))
-            if split in t.splits and (t.metric_fns or not with_metrics)]
+            if split in t.splits and (evaluation.has_metrics(t) or not with_metrics)]
 
 
 def teacher_forced_eval(eval_fn, params, name: str, split: str,
@@ -219,13 +216,21 @@ def _setup(model_config: T5Config, mesh_shape, partitioning_rules):
 
 
 class _StopSignal:
-    """SIGTERM/SIGINT ask the loop to finish its step, save and exit (a second SIGINT kills)."""
+    """SIGTERM/SIGINT ask the loop to finish its step, save and exit (a second SIGINT kills).
+
+    With several processes every one must stop at the same step, so the handlers stay jax's:
+    `jax.distributed` turns SIGTERM into a preemption notice that all processes see at the
+    same sync point.
+    """
 
     def __init__(self):
         self.received = None
         self._previous = {}
+        self._multiprocess = jax.process_count() > 1
 
     def __enter__(self):
+        if self._multiprocess:
+            return self
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -239,10 +244,9 @@ class _StopSignal:
         self.received = signal.Signals(signum).name
 
     def should_stop(self, step: int) -> bool:
-        if jax.process_count() > 1:  # every process must stop at the same step
+        if self._multiprocess:
             from jax.experimental import multihost_utils
-            return bool(multihost_utils.reached_preemption_sync_point(step)) or bool(
-                self.received)
+            return bool(multihost_utils.reached_preemption_sync_point(step))
         return self.received is not None
 
     def __exit__(self, *exc):
@@ -381,7 +385,8 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
                                       max_decode_length=task_feature_lengths["targets"],
                                       method=decode_method, num_beams=num_beams, alpha=alpha,
                                       seed=seed)
-            results.update(evaluator.evaluate(step, predict))
+            score = make_score_fn(module, params, mesh, partitioning_rules, batch_sharding)
+            results.update(evaluator.evaluate(step, predict, score))
         logger.write(step, results, prefix="eval")
         return results
 
@@ -392,7 +397,8 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     logger = metrics_lib.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,
                                        show_progress=show_progress)
     logger.message(f"xt5: training {mixture_or_task_name} in {model_dir} from step {start_step} "
-                   f"to {train_steps} on {mesh.devices.size} devices {dict(mesh.shape)}; "
+                   f"to {train_steps} on {mesh.devices.size} devices {dict(mesh.shape)}, dropout "
+                   f"{model_config.dropout_rate}, activations {model_config.dtype}; "
                    f"MFU against {peak_what} {peak / 1e12:.3g} TFLOP/s")
     rng = jax.random.key(seed + 1)
     window: list[tuple[int, dict]] = []
@@ -429,8 +435,9 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
                     stopped_by = stop.received or "preemption"
                     break
                 if eval_period and step % eval_period == 0 and step != train_steps:
+                    t_eval = time.perf_counter()
                     run_eval(step, state["params"])
-                    t_window = time.perf_counter()
+                    t_window += time.perf_counter() - t_eval  # evals are not step time
         ckpt.wait()
         if stopped_by:
             logger.message(f"xt5: {stopped_by} received: saved step {last_saved} to "
@@ -440,12 +447,11 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
             final = run_eval(step, state["params"])
         logger.message(_final_summary(final, model_dir, ckpt.directory))
     except NonFiniteLossError as e:
-        ckpt.wait()
         logger.message(f"xt5: {e} (newest checkpoint: step {ckpt.latest_step()})")
         raise
     finally:
         logger.close()
-        ckpt.close()
+        ckpt.__exit__(*sys.exc_info())  # waits; never hides the error on its way out
     return final
 
 
@@ -488,9 +494,11 @@ def evaluate(*, checkpoint_path: str, model_config: T5Config, mixture_or_task_na
                                   max_decode_length=task_feature_lengths["targets"],
                                   method=decode_method, num_beams=num_beams, alpha=alpha,
                                   seed=seed)
-        results.update(evaluator.evaluate(0, predict))
+        score = make_score_fn(module, params, mesh, partitioning_rules, batch_sharding)
+        results.update(evaluator.evaluate(0, predict, score))
+    with metrics_lib.MetricsLogger(output_dir, total_steps=0, show_progress=False) as logger:
+        logger.write(0, results, prefix="eval")
     if jax.process_index() == 0:
-        os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "eval_metrics.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
     return results
@@ -670,9 +678,6 @@ def _drop_known_seqio_notes(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from models import runtime
-
-    runtime.configure()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("absl", "tensorflow", "jax._src", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -686,7 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parse_gin(args.gin_file, bindings)
         result = gin.get_configurable(run)()
-    except (ConfigError, NonFiniteLossError, checkpoints.CheckpointError, FileNotFoundError) as e:
+    except (ValueError, NonFiniteLossError, checkpoints.CheckpointError, FileNotFoundError) as e:
+        # errors written for users (ConfigError, unknown tasks, bad batch sizes, ...): no traceback
         print(f"xt5: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     if isinstance(result, dict) and jax.process_index() == 0:

@@ -1,32 +1,36 @@
 """Training-loop overhead: `train.train` end to end vs the bare jitted train step it runs.
 
-  python -m bench.train_loop [--model quickstart --task translate_en_de --steps 100 --rounds 2]
+  python -m bench.train_loop [--model quickstart --task translate_en_de --steps 100]
 
-Three contenders, same model, optimizer, mesh and shardings, in one process:
-  bare step   the jitted train step of trainer.state, jitted as train.py jits it (donated
-              state), on one fixed, pre-fetched device batch of the task; blocks after the block
-  step + pipeline  the same jitted step fed by a seqio TrainStream (host batches -> device)
-  full loop   `train.train` itself: input pipeline, step, host sync for metrics, TensorBoard +
-              JSONL logging every --log-period steps, async orbax checkpoints every
-              --checkpoint-period steps; eval off, no progress bar
+Three contenders, same model, optimizer, schedule, mesh and shardings, in one process:
+  bare step        train.py's jitted step (trainer.state, donated state) on one fixed batch of
+                   the task, pre-fetched to the device; blocks once, after the block of steps
+  step + pipeline  the same jitted step, each batch from a seqio TrainStream (host -> device)
+  full loop        `train.train` itself: input pipeline, step, host syncs for metrics,
+                   TensorBoard + JSONL logs every --log-period steps, async orbax checkpoints
+                   every --checkpoint-period steps; eval off, no progress bar
 
-The loop is timed from its own log: `train.train` to W + N steps, W one log period of warm-up
-(compile, restore, data skip, pipeline fill), then the wall time between the `time` stamps of
-the metrics.jsonl lines at steps W and W + N, over N. That window holds every per-step cost of
-the loop (logging stamps are taken at the same point of each log cycle) and none of its
-start-up. Rounds interleave the contenders (bare, pipeline, loop, ..., bare, pipeline): each
-round resumes the previous round's run for another W + N steps (a fresh call recompiles; W
-absorbs that), so a shared machine's slow spells fall on all of them. Seconds per step are
-pooled over rounds (total time / total steps). Ends with one JSON line; `overhead_fraction` is
+The loop is timed from its own log, without its start-up: a call of `train.train` runs W + N
+steps, W = one log period of warm-up (jit, restore, data skip, pipeline fill); its time for N
+steps is the difference of the `time` stamps of the metrics.jsonl lines that end the warm-up and
+the run. Every stamp is taken at the same point of a log cycle, so the difference holds whole
+cycles: every step, log and checkpoint save in them (a save after step s runs in the window that
+starts at s's line), nothing before or after. Rounds interleave the contenders (bare, pipeline,
+loop, ..., bare, pipeline) so a shared machine's slow spells fall on all of them; each round's
+loop call resumes the previous one's run. JAX's persistent compilation cache (a temporary
+directory) lets each call load the programs compiled before it instead of recompiling.
+Seconds per step are means over equal blocks. Ends with one JSON line; `overhead_fraction` is
 loop / bare - 1 (target <= 0.05). Needs `python -m tasks.corpora prepare`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -35,6 +39,7 @@ from models import runtime
 runtime.configure()  # before JAX starts its backend
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 import tasks
 import train
@@ -55,18 +60,20 @@ MODELS = {
     "tiny": T5Config(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=2,
                      num_decoder_layers=2),
 }
-# per model: (log period, checkpoint period, rounds) unless given on the command line
-SCHEDULES = {"quickstart": (10, 25, 2), "small": (10, 25, 2), "tiny": (2, 3, 2)}
+# per model, unless given on the command line
+PRESETS = {
+    "quickstart": dict(batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=25,
+                       rounds=2),
+    "small": dict(batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=25,
+                  rounds=2),
+    "tiny": dict(batch=8, inputs=32, targets=32, log_period=2, checkpoint_period=3, rounds=2),
+}
 RULES = "data_parallel"  # train.train's default
 
 
 def model_config(model: str, task: str) -> T5Config:
   vocabulary = tasks.get(task).output_features["targets"].vocabulary
   return MODELS[model].replace(vocab_size=vocab.padded_vocab_size(vocabulary))
-
-
-def dataset_config(task: str, lengths: dict, batch: int) -> data.DatasetConfig:
-  return data.DatasetConfig(task, lengths, "train", batch, seed=0)  # as train.train builds it
 
 
 class BareStep:
@@ -97,6 +104,24 @@ class BareStep:
       self.state, metrics = self.step_fn(self.state, batch, self.rng)
     jax.block_until_ready((self.state, metrics))
     return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def compilation_cache_in(path: str):
+  """JAX's persistent compilation cache in `path` while inside: each round's `train.train`
+  loads what the bare step and the previous round compiled (the same programs) instead of
+  compiling again, which start-up would otherwise spend. Executables are unchanged."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  previous = {name: getattr(jax.config, name) for name in names}
+  jax.config.update(names[0], path)
+  jax.config.update(names[1], 0.0)
+  compilation_cache.reset_cache()  # the cache is set up once per process: redo it for `path`
+  try:
+    yield
+  finally:
+    for name, value in previous.items():
+      jax.config.update(name, value)
+    compilation_cache.reset_cache()
 
 
 def logged_times(model_dir: str) -> dict[int, float]:
@@ -130,73 +155,79 @@ def loop_round(model_dir: str, cfg: T5Config, dataset: data.DatasetConfig, start
   return times[end] - times[first]
 
 
+def measure(cfg: T5Config, dataset: data.DatasetConfig, model_dir: str, rounds: int,
+            per_round: int, log_period: int, checkpoint_period: int) -> dict[str, list[float]]:
+  """Seconds per step of each contender's timed blocks, in interleaved rounds."""
+  warmup = log_period  # the loop's first log window: compile (or cache load), restore, data skip
+  bare = BareStep(cfg, dataset)
+  bare.run(2)  # compile
+  bare.run(2, fed=True)  # fill the pipeline
+  blocks = {"bare step": [], "step + pipeline": [], "full loop": []}
+
+  def bare_blocks():
+    for name, fed in (("bare step", False), ("step + pipeline", True)):
+      blocks[name].append(bare.run(per_round, fed) / per_round)
+
+  for r in range(rounds):
+    bare_blocks()
+    blocks["full loop"].append(loop_round(model_dir, cfg, dataset, r * (warmup + per_round),
+                                          warmup, per_round, log_period, checkpoint_period)
+                               / per_round)
+  bare_blocks()  # the sandwich's other slice: drift before and after hits both sides
+  return blocks
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", choices=sorted(MODELS), default="quickstart")
   p.add_argument("--task", default="translate_en_de", help="a built-in seqio task or mixture")
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--inputs", type=int, default=128)
-  p.add_argument("--targets", type=int, default=128)
   p.add_argument("--steps", type=int, default=100,
-                 help="timed steps per contender, over all rounds (rounded up to log periods)")
-  p.add_argument("--rounds", type=int, help="interleaved rounds (default: per model)")
-  p.add_argument("--log-period", type=int, help="loop log period (default: per model)")
-  p.add_argument("--checkpoint-period", type=int, help="loop checkpoint period (per model)")
-  p.add_argument("--model-dir", help="the loop's MODEL_DIR; must not exist (default: a temp dir)")
+                 help="timed steps per contender over all rounds (rounded up to log periods)")
+  for flag in PRESETS["quickstart"]:
+    defaults = ", ".join(f"{m} {d[flag]}" for m, d in PRESETS.items())
+    p.add_argument(f"--{flag.replace('_', '-')}", type=int, help=f"default per --model: {defaults}")
+  p.add_argument("--model-dir", help="the loop's MODEL_DIR, kept afterwards; must not exist "
+                 "(default: a temporary directory)")
   args = p.parse_args(argv)
-  log_period, ckpt_period, rounds = (
-      given if given is not None else default for given, default in
-      zip((args.log_period, args.checkpoint_period, args.rounds), SCHEDULES[args.model]))
-  if min(args.steps, rounds, log_period, ckpt_period) < 1:
-    p.error("--steps, --rounds, --log-period and --checkpoint-period must be >= 1")
+  opts = {k: v if (v := getattr(args, k)) is not None else d
+          for k, d in PRESETS[args.model].items()}
+  if min(args.steps, *opts.values()) < 1:
+    p.error("--steps, --batch, --inputs, --targets, --log-period, --checkpoint-period and "
+            "--rounds must be >= 1")
   if args.model_dir and os.path.exists(args.model_dir):
-    p.error(f"--model-dir {args.model_dir} exists; the loop would resume it: pass a new path")
+    p.error(f"--model-dir {args.model_dir} exists and the loop would resume it: pass a new path")
   corpora.require_prepared("bench.train_loop")
 
+  rounds, log_period, ckpt_period = opts["rounds"], opts["log_period"], opts["checkpoint_period"]
   per_round = -(-args.steps // rounds // log_period) * log_period  # whole log windows
-  warmup = log_period  # the loop's first log window: compile, restore, data skip
-  lengths = {"inputs": args.inputs, "targets": args.targets}
   cfg = model_config(args.model, args.task)
-  dataset = dataset_config(args.task, lengths, args.batch)
-  bare = BareStep(cfg, dataset)
-  bare.run(2)  # compile
-  bare.run(2, fed=True)  # fill the pipeline
-  totals = {"bare step": 0.0, "step + pipeline": 0.0, "full loop": 0.0}
-  counts = dict.fromkeys(totals, 0)
-
-  def bare_blocks():
-    for name, fed in (("bare step", False), ("step + pipeline", True)):
-      totals[name] += bare.run(per_round, fed)
-      counts[name] += per_round
-
+  dataset = data.DatasetConfig(args.task, {"inputs": opts["inputs"], "targets": opts["targets"]},
+                               "train", opts["batch"], seed=0)  # as train.train builds it
   with tempfile.TemporaryDirectory(prefix="xt5_bench_loop_") as tmp:
-    model_dir = os.path.abspath(args.model_dir or os.path.join(tmp, "run"))
-    for r in range(rounds):
-      bare_blocks()
-      totals["full loop"] += loop_round(model_dir, cfg, dataset, r * (warmup + per_round),
-                                        warmup, per_round, log_period, ckpt_period)
-      counts["full loop"] += per_round
-    bare_blocks()  # the sandwich's other slice: drift hits both sides
-  sec = {name: totals[name] / counts[name] for name in totals}
-  timed = [s for r in range(rounds) for s in range(r * (warmup + per_round) + warmup,
-                                                     (r + 1) * (warmup + per_round))]
-  saves = sum(s % ckpt_period == 0 for s in timed)  # saves after step s land in the window
+    with compilation_cache_in(os.path.join(tmp, "jax_cache")):
+      blocks = measure(cfg, dataset, os.path.abspath(args.model_dir or os.path.join(tmp, "run")),
+                       rounds, per_round, log_period, ckpt_period)
+  sec = {name: statistics.mean(b) for name, b in blocks.items()}  # blocks are equally long
+  # a save after step s runs inside the window that begins at s's log line
+  saves = sum(s % ckpt_period == 0 for r in range(rounds)
+              for s in range(r * (log_period + per_round) + log_period,
+                             (r + 1) * (log_period + per_round)))
 
   print(f"{args.model} ({cfg.d_model}d, {cfg.num_encoder_layers}+{cfg.num_decoder_layers} "
-        f"layers, {cfg.dtype}) on {args.task}, batch {args.batch}, lengths {args.inputs}/"
-        f"{args.targets}, {jax.device_count()} {jax.devices()[0].platform} device(s); loop: "
-        f"log every {log_period}, checkpoint every {ckpt_period} ({saves} async saves in "
-        f"{counts['full loop']} timed steps), {rounds} interleaved rounds")
-  print_table(["run", "steps", "s/step", "vs bare"],
-              [[name, counts[name], sec[name], f"{sec[name] / sec['bare step'] - 1:+.1%}"]
-               for name in totals])
+        f"layers, {cfg.dtype}) on {args.task}, batch {opts['batch']}, lengths {opts['inputs']}/"
+        f"{opts['targets']}, {jax.device_count()} {jax.devices()[0].platform} device(s); loop "
+        f"logs every {log_period}, checkpoints every {ckpt_period} ({saves} async saves in its "
+        f"{rounds * per_round} timed steps); {rounds} interleaved rounds")
+  print_table(["run", "s/step", "vs bare", "blocks", "block s/step min-max"],
+              [[name, t, f"{t / sec['bare step'] - 1:+.1%}", len(blocks[name]),
+                f"{min(blocks[name]):.3g}-{max(blocks[name]):.3g}"] for name, t in sec.items()])
   emit_json({
       "bench": "train_loop",
       "bare_s": sec["bare step"], "pipeline_fed_s": sec["step + pipeline"],
       "loop_s": sec["full loop"],
       "overhead_fraction": sec["full loop"] / sec["bare step"] - 1,
       "pipeline_overhead_fraction": sec["step + pipeline"] / sec["bare step"] - 1,
-      "timed_steps": counts["full loop"], "checkpoints_in_window": saves,
+      "timed_loop_steps": rounds * per_round, "checkpoints_in_window": saves,
   })
 
 

@@ -329,7 +329,9 @@ def _free_port():
 
 
 def test_two_processes_train_and_one_process_restores(tmp_path):
-    gin_file = write_gin(tmp_path, "\nCHECKPOINT_PERIOD = 2\n")
+    gin_file = write_gin(tmp_path, "\nCHECKPOINT_PERIOD = 2\nEVAL_PERIOD = 4\n"
+                         "train_script.train.eval_batches = 1\n"
+                         "train_script.train.infer_eval_examples = 4\n")
     run = tmp_path / "run"
     address = f"localhost:{_free_port()}"
     procs = [subprocess.Popen(
@@ -347,6 +349,8 @@ def test_two_processes_train_and_one_process_restores(tmp_path):
     losses = logged(run)
     assert sorted(losses) == [1, 2, 3, 4]
     assert all(np.isfinite(v) for v in losses.values())
+    bleu = logged(run, f"eval/{TASK}/bleu")  # decoding and seqio metrics across 2 processes
+    assert list(bleu) == [4] and 0 <= bleu[4] <= 100
     step, params = final_params(run)  # this process: one process, 8 devices
     assert step == 4
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))

@@ -135,6 +135,15 @@ def _agree(problem: str | None) -> str | None:
     return problem
 
 
+def committed_steps(directory: str) -> list[int]:
+    """Committed steps in `directory`, ascending (orbax renames a step directory only when it
+    is complete); [] when there is none. Needs no manager: cheap to ask of any path."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
 class Checkpointer:
     """Saves and restores (train state, data state) under `directory`, keeping the newest `keep`.
 
@@ -159,11 +168,8 @@ class Checkpointer:
                                            item_names=("state", "data_state"))
 
     def steps(self) -> list[int]:
-        """Committed steps, ascending (orbax renames a step directory only when it is complete)."""
-        if not os.path.isdir(self.directory):
-            return []
-        return sorted(int(name) for name in os.listdir(self.directory)
-                      if name.isdigit() and os.path.isdir(os.path.join(self.directory, name)))
+        """Committed steps, ascending."""
+        return committed_steps(self.directory)
 
     def latest_step(self) -> int | None:
         """The newest committed step (restore() checks that it is intact), or None."""
@@ -244,8 +250,7 @@ class Checkpointer:
         self.wait()
         steps = self.steps()
         if not steps:
-            raise CheckpointError(f"no checkpoint exists in {self.directory}; check the path, or "
-                                  "start without restoring")
+            raise CheckpointError(f"no checkpoint exists in {self.directory}; check the path")
         if step is not None and int(step) not in steps:
             raise CheckpointError(f"checkpoint step {step} does not exist in {self.directory}; "
                                   f"steps there: {steps}")
@@ -270,7 +275,7 @@ class Checkpointer:
                            s, self.directory, problem)
             skipped.append((s, problem))
         raise CheckpointError(f"no usable checkpoint in {self.directory}: " + "; ".join(
-            f"step {s}: {p}" for s, p in skipped) + ". Restore a copy, or start without restoring.")
+            f"step {s}: {p}" for s, p in skipped) + ". Restore a copy, or move the directory aside to start afresh.")
 
     def wait(self) -> None:
         """Blocks until the background save is committed; raises CheckpointError if it failed."""

@@ -15,6 +15,7 @@ import math
 import numbers
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -29,7 +30,8 @@ __all__ = ["InferenceEvaluator", "PredictFn", "ScoreFn", "flatten_metrics"]
 _OutputType = seqio.metrics.ModelOutputType
 
 
-def _has_metrics(task: seqio.Task) -> bool:
+def has_metrics(task: seqio.Task) -> bool:
+    """Whether seqio.Evaluator has anything to compute for `task`."""
     return bool(task.metric_fns or task.metric_objs)
 
 
@@ -63,13 +65,15 @@ class InferenceEvaluator:
             raise ValueError(f"max_examples must be >= 1 or None (all), got {max_examples}")
         provider = registry.get(mixture_or_task_name)  # unknown names: the close ones
         subtasks = seqio.get_subtasks(provider)
-        if not any(split in t.splits and _has_metrics(t) for t in subtasks):
-            with_metrics = [t.name for t in subtasks if _has_metrics(t)]
+        if not any(split in t.splits and has_metrics(t) for t in subtasks):
+            with_metrics = [t.name for t in subtasks if has_metrics(t)]
             raise ValueError(
                 f"{mixture_or_task_name!r} has no task with metric_fns and a {split!r} split "
                 f"(tasks with metrics: {with_metrics or 'none'}); evaluate a task with metrics "
                 f"and that split, e.g. a translate_* task on 'validation'")
-        loggers = (seqio.TensorBoardLogger, seqio.JSONLogger) if log_dir else ()
+        # one writer per file: only process 0 logs (every process computes the same metrics)
+        loggers = ((seqio.TensorBoardLogger, seqio.JSONLogger)
+                   if log_dir and jax.process_index() == 0 else ())
         self.batch_size = batch_size
         self._evaluator = seqio.Evaluator(
             mixture_or_task_name,

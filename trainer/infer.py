@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import numpy as np
 import seqio
 import tqdm
@@ -151,7 +152,8 @@ def completed_lines(output_path: str | os.PathLike, mode: str) -> int:
         good_bytes += len(line) + 1
     if good_bytes < len(data):
         logger.info("dropping a partial last line of %s to resume after line %d", path, complete)
-        os.truncate(path, good_bytes)
+        if jax.process_index() == 0:  # the only writer
+            os.truncate(path, good_bytes)
     return complete
 
 
@@ -172,7 +174,9 @@ def _write_results(examples: Iterable[_Example], total: int | None, done: int, o
     one line per example to `output_path`; returns the number of lines written in all."""
     cut_inputs = cut_targets = 0
     examples = iter(examples)
-    with open(output_path, "a", encoding="utf-8") as out, \
+    # every process runs the model (its arrays span them all); process 0 alone writes
+    sink = output_path if jax.process_index() == 0 else os.devnull
+    with open(sink, "a", encoding="utf-8") as out, \
             tqdm.tqdm(total=total, initial=done, unit="ex", desc=output_path.name) as bar:
         while batch := list(itertools.islice(examples, batch_size)):
             inputs, targets = [], []

@@ -110,7 +110,7 @@ def _normalizer(factor: losses.LossNormalizingFactor, num_tokens):
 
 
 def make_train_step(module: Transformer, tx: optax.GradientTransformation,
-                    learning_rate: Callable[[Any], Any], *, accumulation_steps: int = 1,
+                    learning_rate: Callable[[Any], Any] | float, *, accumulation_steps: int = 1,
                     z_loss: float = 1e-4, label_smoothing: float = 0.0,
                     loss_normalizing_factor: losses.LossNormalizingFactor = "per_token",
                     dropout: bool = False):
@@ -150,7 +150,8 @@ def make_train_step(module: Transformer, tx: optax.GradientTransformation,
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
                      "opt_state": opt_state}
         metrics = metrics_from_sums(sums)
-        metrics.update(learning_rate=learning_rate(state["step"]),
+        lr = learning_rate(state["step"]) if callable(learning_rate) else learning_rate
+        metrics.update(learning_rate=jnp.asarray(lr, jnp.float32),
                        grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params))
         return new_state, metrics
 

@@ -45,3 +45,22 @@ def test_pipeline_bench_runs_and_reports_ratios(capsys):
   result = _last_json(capsys)
   assert result["bench"] == "pipeline"
   assert result["rows_per_s"] > 0 and result["ratio_vs_train_step"] > 0
+
+
+@pytest.mark.slow
+def test_train_loop_bench_runs_and_reports_overhead(capsys):
+  from bench import train_loop  # noqa: PLC0415 (imports tasks: TensorFlow)
+  from tasks import corpora, vocab  # noqa: PLC0415
+
+  corpora.prepare(progress=False)  # no-op after `make test`'s prepare step
+  vocab.prepare_builtin(progress=False)
+  train_loop.main(["--model", "tiny", "--steps", "6"])
+  result = _last_json(capsys)
+  assert result["bench"] == "train_loop"
+  assert result["bare_s"] > 0 and result["loop_s"] > 0 and result["pipeline_fed_s"] > 0
+  # the JSON rounds times to 4 decimals: compare ratios, not differences
+  assert 1 + result["overhead_fraction"] == pytest.approx(result["loop_s"] / result["bare_s"],
+                                                          rel=0.05)
+  # 2 rounds of 3 steps, rounded up to whole log windows of 2: 8 timed steps, whose windows
+  # (steps 2-5 after a 2-step warm-up, then 8-11) hold the saves after steps 3 and 9
+  assert result["timed_loop_steps"] == 8 and result["checkpoints_in_window"] == 2

@@ -49,9 +49,22 @@ def test_eval_batches_cover_the_split_once_zero_padded():
     assert len(capped) == 1
 
 
-def test_pad_batch_and_batch_size_checks():
-    batch, n = data.pad_batch({"x": np.ones((3, 2), np.int32)}, 5)
-    assert n == 3 and batch["x"].shape == (5, 2) and batch["x"][3:].sum() == 0
-    with pytest.raises(ValueError, match="exceeds batch_size"):
-        data.pad_batch({"x": np.ones((6, 2))}, 5)
+def test_per_host_batch_size(monkeypatch):
     assert data.per_host_batch_size(8) == 8
+    monkeypatch.setattr(data.jax, "process_count", lambda: 3)
+    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+        data.per_host_batch_size(8)
+
+
+def test_hosts_read_disjoint_shards_that_cover_the_data(monkeypatch):
+    """Two processes (patched) each read their own rows; together, the one-process rows."""
+    config = data.DatasetConfig("test_copy", {"inputs": 32, "targets": 32}, batch_size=4,
+                                pack=False, shuffle=False)
+    rows = {}
+    monkeypatch.setattr(data.jax, "process_count", lambda: 2)
+    for i in range(2):
+        monkeypatch.setattr(data.jax, "process_index", lambda i=i: i)
+        batches = _take(data.TrainStream(config), 64)  # 128 rows: one pass over half of 256
+        rows[i] = {tuple(r) for b in batches for r in b["encoder_input_tokens"]}
+    assert rows[0] and rows[1] and not rows[0] & rows[1]
+    assert len(rows[0] | rows[1]) == len(tests.copy_tasks.TEXTS["train"])

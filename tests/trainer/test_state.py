@@ -20,7 +20,8 @@ def _batch(B=8, L=6, seed=0):
     rng = np.random.default_rng(seed)
     enc = rng.integers(2, 64, (B, L)).astype(np.int32)
     tgt = rng.integers(2, 64, (B, L)).astype(np.int32)
-    tgt[:, L - 1 - np.arange(B) % 4] = 0  # ragged padding: microbatches hold different counts
+    for b in range(B):  # ragged padding: rows (and so microbatches) hold different counts
+        tgt[b, L - 1 - b % 5:] = 0
     dec_in = np.concatenate([np.zeros((B, 1), np.int32), tgt[:, :-1]], axis=1)
     return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
             "decoder_target_tokens": tgt}
@@ -48,6 +49,9 @@ def _run(accumulation_steps, rules="data_parallel", steps=2, initial=None):
 
 
 def test_accumulation_equals_one_big_batch():
+    counts = (_batch()["decoder_target_tokens"] > 0).sum(axis=1)
+    micro = [counts[i::4].sum() for i in range(4)]  # the rows of each of the 4 microbatches
+    assert len(set(micro)) > 1  # so a mean of microbatch means would differ
     s1, m1 = _run(1)
     s4, m4 = _run(4, rules="fsdp")
     assert int(s1["step"]) == int(s4["step"]) == 2
