@@ -421,10 +421,11 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
                     _check_finite(window)
                 if log_now and window:
                     jax.block_until_ready(step_metrics)
-                    seconds = time.perf_counter() - t_window
+                    now = time.perf_counter()  # logging's own time counts in the next window
+                    seconds, t_window = now - t_window, now
                     final = logger.write(step, _summarise(window, seconds, flops_per_step, peak))
                     logger.advance(step, loss=final["train/loss"])
-                    window, t_window = [], time.perf_counter()
+                    window = []
                 elif len(window) > 1:  # one step in flight: the bar counts finished steps
                     jax.block_until_ready(window[-2][1]["loss"])
                     logger.advance(step - 1)

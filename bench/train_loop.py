@@ -1,6 +1,6 @@
 """Training-loop overhead: `train.train` end to end vs the bare jitted train step it runs.
 
-  python -m bench.train_loop [--model quickstart --task translate_en_de --steps 100]
+  python -m bench.train_loop [--model quickstart --task translate_en_de --steps 80]
 
 Three contenders, same model, optimizer, schedule, mesh and shardings, in one process:
   bare step        train.py's jitted step (trainer.state, donated state) on one fixed batch of
@@ -60,12 +60,13 @@ MODELS = {
     "tiny": T5Config(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=2,
                      num_decoder_layers=2),
 }
-# per model, unless given on the command line
+# Per model, unless given on the command line. Rounds of whole checkpoint periods keep the saves
+# per timed step at 1 / checkpoint_period; many short rounds beat few long ones on a shared host.
 PRESETS = {
-    "quickstart": dict(batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=25,
-                       rounds=2),
-    "small": dict(batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=25,
-                  rounds=2),
+    "quickstart": dict(batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=20,
+                       rounds=4),
+    "small": dict(batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=20,
+                  rounds=4),
     "tiny": dict(batch=8, inputs=32, targets=32, log_period=2, checkpoint_period=3, rounds=2),
 }
 RULES = "data_parallel"  # train.train's default
@@ -164,16 +165,18 @@ def measure(cfg: T5Config, dataset: data.DatasetConfig, model_dir: str, rounds: 
   bare.run(2, fed=True)  # fill the pipeline
   blocks = {"bare step": [], "step + pipeline": [], "full loop": []}
 
-  def bare_blocks():
-    for name, fed in (("bare step", False), ("step + pipeline", True)):
+  def bare_blocks(r):
+    bare.run(1)  # settle: what the previous contender left running (its threads, gc) ends here
+    order = (("bare step", False), ("step + pipeline", True))
+    for name, fed in order[::-1] if r % 2 else order:  # neither always follows the loop
       blocks[name].append(bare.run(per_round, fed) / per_round)
 
   for r in range(rounds):
-    bare_blocks()
+    bare_blocks(r)
     blocks["full loop"].append(loop_round(model_dir, cfg, dataset, r * (warmup + per_round),
                                           warmup, per_round, log_period, checkpoint_period)
                                / per_round)
-  bare_blocks()  # the sandwich's other slice: drift before and after hits both sides
+  bare_blocks(rounds)  # the sandwich's other slice: drift before and after hits both sides
   return blocks
 
 
@@ -181,7 +184,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", choices=sorted(MODELS), default="quickstart")
   p.add_argument("--task", default="translate_en_de", help="a built-in seqio task or mixture")
-  p.add_argument("--steps", type=int, default=100,
+  p.add_argument("--steps", type=int, default=80,
                  help="timed steps per contender over all rounds (rounded up to log periods)")
   for flag in PRESETS["quickstart"]:
     defaults = ", ".join(f"{m} {d[flag]}" for m, d in PRESETS.items())
@@ -221,6 +224,10 @@ def main(argv=None):
   print_table(["run", "s/step", "vs bare", "blocks", "block s/step min-max"],
               [[name, t, f"{t / sec['bare step'] - 1:+.1%}", len(blocks[name]),
                 f"{min(blocks[name]):.3g}-{max(blocks[name]):.3g}"] for name, t in sec.items()])
+  bare = blocks["bare step"]
+  paired = [loop / ((bare[r] + bare[r + 1]) / 2) - 1 for r, loop in enumerate(blocks["full loop"])]
+  print("per round, loop vs the bare blocks either side: "
+        + ", ".join(f"{x:+.1%}" for x in paired) + " (their spread shows the host's noise)")
   emit_json({
       "bench": "train_loop",
       "bare_s": sec["bare step"], "pipeline_fed_s": sec["step + pipeline"],
