@@ -52,7 +52,7 @@ class ConfigError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """The loss or gradient norm became NaN/Inf; the message names the step."""
 
 
 # ----------------------------------------------------------------------------------------------
