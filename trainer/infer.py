@@ -228,11 +228,16 @@ def _check_mode(mode: str, batch_size: int, predict_fn, score_fn) -> None:
         raise ValueError("mode 'score' needs a score_fn (pass score_fn=...)")
 
 
-def _check_complete(done: int, total: int | None, output_path: Path, what: str) -> None:
+def _resume_point(output_path, mode: str, total: int | None, what: str) -> tuple[Path, int]:
+    """(output path, lines already done) for a run that appends to `output_path`."""
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    done = completed_lines(output_path, mode)
     if total is not None and done > total:
         raise ValueError(f"{output_path} already has {done} lines but {what} has only {total} "
                          f"examples: it holds another input's results; delete it or choose "
                          f"another output path")
+    return output_path, done
 
 
 # --- Entry points --------------------------------------------------------------------------------
@@ -303,10 +308,7 @@ def infer_task(mixture_or_task_name: str, split: str, task_feature_lengths: Mapp
     sizes = [_split_size(t, split, max_examples) for t in task_list]
     total = None if None in sizes else sum(sizes)
 
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    done = completed_lines(output_path, mode)
-    _check_complete(done, total, output_path, repr(mixture_or_task_name))
+    output_path, done = _resume_point(output_path, mode, total, repr(mixture_or_task_name))
     if done == total:
         return done
     tag = isinstance(provider, seqio.Mixture)
@@ -366,10 +368,7 @@ def infer_file(input_path: str | os.PathLike, output_path: str | os.PathLike,
     if total == 0:
         raise ValueError(f"input file {input_path} is empty; give it one example per line")
 
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    done = completed_lines(output_path, mode)
-    _check_complete(done, total, output_path, str(input_path))
+    output_path, done = _resume_point(output_path, mode, total, str(input_path))
     if done == total:
         return done
     eos = [vocabulary.eos_id] if vocabulary.eos_id is not None else []
