@@ -200,9 +200,9 @@ def _data_parallel(mesh) -> int:
     return mesh.shape.get("data", 1) * mesh.shape.get("replica", 1)
 
 
-def _eval_batch_size(batch_size: int, mesh_shape) -> int:
+def _eval_batch_size(batch_size: int, mesh) -> int:
     """`batch_size` rounded up to a multiple of the data-parallel devices (eval/infer pad)."""
-    n = _data_parallel(_make_mesh(mesh_shape))
+    n = _data_parallel(mesh)
     return -(-batch_size // n) * n
 
 
@@ -372,7 +372,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
 
         evaluator = evaluation.InferenceEvaluator(
             mixture_or_task_name, eval_split, task_feature_lengths,
-            _eval_batch_size(infer_eval_batch_size or batch_size, mesh_shape),
+            _eval_batch_size(infer_eval_batch_size or batch_size, mesh),
             log_dir=os.path.join(model_dir, "inference_eval"),
             max_examples=infer_eval_examples, seed=seed)
 
@@ -460,12 +460,16 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
 # Evaluate and infer
 
 
-def _params_for(checkpoint_path, model_config, mesh_shape, partitioning_rules, example):
+def _params_for(checkpoint_path, model_config, mesh_shape, partitioning_rules, converter, pack,
+                task_feature_lengths, batch_size):
+    """(mesh, batch sharding, module, params, batch size rounded for the mesh) for eval/infer."""
     mesh, batch_sharding, module = _setup(model_config, mesh_shape, partitioning_rules)
+    batch_size = _eval_batch_size(batch_size, mesh)
+    example = _example_batch(converter, pack, task_feature_lengths, batch_size)
     shardings = partitioning.param_shardings(partitioning.abstract_params(module, example), mesh,
                                              partitioning_rules)
     params = load_params(checkpoint_path, model_config, shardings)
-    return mesh, batch_sharding, module, params
+    return mesh, batch_sharding, module, params, batch_size
 
 
 def evaluate(*, checkpoint_path: str, model_config: T5Config, mixture_or_task_name: str,
@@ -477,10 +481,9 @@ def evaluate(*, checkpoint_path: str, model_config: T5Config, mixture_or_task_na
     """Teacher-forced and inference metrics of a checkpoint; written to
     OUTPUT_DIR/eval_metrics.json and TensorBoard."""
     _check_vocabulary(mixture_or_task_name, model_config)
-    batch_size = _eval_batch_size(batch_size, mesh_shape)
-    example = _example_batch(converter, pack, task_feature_lengths, batch_size)
-    mesh, batch_sharding, module, params = _params_for(checkpoint_path, model_config, mesh_shape,
-                                                       partitioning_rules, example)
+    mesh, batch_sharding, module, params, batch_size = _params_for(
+        checkpoint_path, model_config, mesh_shape, partitioning_rules, converter, pack,
+        task_feature_lengths, batch_size)
     eval_fn = partitioning.jit(state_lib.make_eval_step(module), mesh, partitioning_rules)
     results = teacher_forced_eval(eval_fn, params, mixture_or_task_name, split,
                                   task_feature_lengths, batch_size, batch_sharding,
@@ -530,10 +533,9 @@ def infer(*, checkpoint_path: str, model_config: T5Config, output_file: str, bat
         raise ConfigError("INPUT_FILE needs a vocabulary: set MIXTURE_OR_TASK_NAME to a task "
                           "with the model's vocabulary, or bind train_script.infer.vocabulary "
                           "(e.g. = @vocab.builtin_vocabulary())")
-    batch_size = _eval_batch_size(batch_size, mesh_shape)
-    example = _example_batch("encoder_decoder", False, task_feature_lengths, batch_size)
-    mesh, batch_sharding, module, params = _params_for(checkpoint_path, model_config, mesh_shape,
-                                                       partitioning_rules, example)
+    mesh, batch_sharding, module, params, batch_size = _params_for(
+        checkpoint_path, model_config, mesh_shape, partitioning_rules, "encoder_decoder", False,
+        task_feature_lengths, batch_size)
     predict = make_predict_fn(module, params, mesh, partitioning_rules, batch_sharding,
                               max_decode_length=task_feature_lengths["targets"],
                               method=decode_method, num_beams=num_beams, alpha=alpha, seed=seed)
