@@ -40,13 +40,14 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
     return None
 
 
-def measure_host_matmul_flops(n: int = 1024, iters: int = 3) -> float:
+def measure_host_matmul_flops(n: int = 1024, iters: int = 3, warmup: int = 1) -> float:
     """FLOP/s of an n×n fp32 matmul on the first local device: the CPU's stand-in for a peak
     (fake CPU devices share one host, so the host, not the device, is the unit)."""
     a = jax.device_put(np.random.default_rng(0).normal(size=(n, n)).astype(np.float32),
                        jax.local_devices()[0])
     mm = jax.jit(lambda x: x @ x)
-    mm(a).block_until_ready()
+    for _ in range(warmup):
+        mm(a).block_until_ready()
     best = math.inf
     for _ in range(iters):
         t0 = time.perf_counter()
