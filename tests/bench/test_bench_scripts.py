@@ -34,13 +34,19 @@ def test_decode_bench_runs_and_reports_ratios(capsys):
   assert result["ratio_vs_hf_greedy"] > 0 and result["ratio_vs_hf_beam"] > 0
 
 
-@pytest.mark.slow
-def test_pipeline_bench_runs_and_reports_ratios(capsys):
-  from bench import pipeline  # noqa: PLC0415 (imports tasks: TensorFlow)
-  from tasks import corpora, vocab  # noqa: PLC0415
+@pytest.fixture
+def builtin_data():
+  """The built-in corpora and vocabulary (a no-op after `make test`'s prepare step)."""
+  from tasks import corpora, vocab  # noqa: PLC0415 (imports TensorFlow)
 
-  corpora.prepare(progress=False)  # no-op after `make test`'s prepare step
+  corpora.prepare(progress=False)
   vocab.prepare_builtin(progress=False)
+
+
+@pytest.mark.slow
+def test_pipeline_bench_runs_and_reports_ratios(capsys, builtin_data):
+  from bench import pipeline  # noqa: PLC0415 (imports tasks: TensorFlow)
+
   pipeline.main(["--model", "tiny", "--batch", "2", "--rows", "4", "--iters", "1"])
   result = _last_json(capsys)
   assert result["bench"] == "pipeline"
@@ -48,12 +54,9 @@ def test_pipeline_bench_runs_and_reports_ratios(capsys):
 
 
 @pytest.mark.slow
-def test_train_loop_bench_runs_and_reports_overhead(capsys):
+def test_train_loop_bench_runs_and_reports_overhead(capsys, builtin_data):
   from bench import train_loop  # noqa: PLC0415 (imports tasks: TensorFlow)
-  from tasks import corpora, vocab  # noqa: PLC0415
 
-  corpora.prepare(progress=False)  # no-op after `make test`'s prepare step
-  vocab.prepare_builtin(progress=False)
   train_loop.main(["--model", "tiny", "--steps", "6"])
   result = _last_json(capsys)
   assert result["bench"] == "train_loop"
