@@ -21,6 +21,7 @@ runtime.configure()  # XLA and TensorFlow settings, before either starts
 import argparse  # noqa: E402  (after runtime.configure)
 import difflib
 import glob
+import itertools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from trainer import checkpoints, data, metrics as metrics_lib, optimizers, state
 REPO = os.path.dirname(os.path.abspath(__file__))
 CHECKPOINTS = "checkpoints"  # MODEL_DIR/checkpoints/<step>/
 CONFIG_GIN = "config.gin"  # MODEL_DIR/config.gin: the operative config
+MODEL_CONFIG_JSON = "model_config.json"  # MODEL_DIR/model_config.json: T5Config.to_dict()
 
 log = logging.getLogger("xt5")
 
@@ -59,8 +61,8 @@ class NonFiniteLossError(RuntimeError):
 # Model and parameters
 
 
-def _example_batch(converter: str, pack: bool, task_feature_lengths: Mapping[str, int],
-                   batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+def example_batch(converter: str, pack: bool, task_feature_lengths: Mapping[str, int],
+                  batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of the model features the converter makes (what init and jit need)."""
     import tasks
 
@@ -69,7 +71,8 @@ def _example_batch(converter: str, pack: bool, task_feature_lengths: Mapping[str
     return {k: jax.ShapeDtypeStruct((batch_size, n), np.int32) for k, n in lengths.items()}
 
 
-def _check_vocabulary(mixture_or_task_name: str, cfg: T5Config) -> None:
+def check_vocabulary(mixture_or_task_name: str, cfg: T5Config) -> None:
+    """Refuses a task whose vocabulary has ids past the model's embedding."""
     import tasks
     from tasks import vocab
 
@@ -110,6 +113,26 @@ def load_params(path: str, cfg: T5Config, shardings) -> Any:
             f"directory (config.json + weights) or a T5X checkpoint ({e})") from e
     params = convert.params_from_t5x(tree, cfg)
     return jax.tree.map(jax.device_put, params, shardings)
+
+
+def read_model_config(path: str) -> T5Config:
+    """The model config stored with a checkpoint: a training MODEL_DIR's model_config.json, an
+    xt5 checkpoint's config.json, a Hugging Face config.json, or inferred from a T5X
+    checkpoint's parameter shapes."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint path {path} does not exist")
+    if os.path.isfile(os.path.join(path, MODEL_CONFIG_JSON)):
+        with open(os.path.join(path, MODEL_CONFIG_JSON)) as f:
+            return T5Config.from_dict(json.load(f))
+    if _is_train_dir(path):
+        raise ValueError(f"{path} has no {MODEL_CONFIG_JSON} (written by newer versions of "
+                         f"train.py): pass the model config explicitly")
+    if os.path.isdir(os.path.join(path, model_checkpoint.PARAMS_DIR)):
+        return model_checkpoint.read_config(path)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return convert.config_from_hf(convert.load_hf_config(path))
+    return convert.config_from_t5x(convert.load_t5x_checkpoint(path))
 
 
 def _abstract(cfg: T5Config, shardings):
@@ -156,9 +179,11 @@ def teacher_forced_eval(eval_fn, params, name: str, split: str,
 
 def make_predict_fn(module: Transformer, params, mesh, rules, batch_sharding, *,
                     max_decode_length: int, method: str = "greedy", num_beams: int = 4,
-                    alpha: float = 0.6, seed: int = 0) -> Callable:
-    """numpy batch -> (tokens [B, L], scores [B]) with the model's decoding, on the mesh."""
-    rng = jax.random.key(seed)
+                    alpha: float = 0.6, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0, seed: int = 0) -> Callable:
+    """numpy batch -> (tokens [B, L], scores [B]) with the model's decoding, on the mesh.
+    Sampling draws a new key per call, from `seed`."""
+    key, calls = jax.random.key(seed), itertools.count()
 
     def predict(batch):
         features = data.replicated_batch({"encoder_input_tokens": batch["encoder_input_tokens"]},
@@ -166,7 +191,9 @@ def make_predict_fn(module: Transformer, params, mesh, rules, batch_sharding, *,
         with partitioning.mesh_and_rules(mesh, rules):
             tokens, scores = decoding.decode(module, params, features, method=method,
                                              max_decode_length=max_decode_length,
-                                             num_beams=num_beams, alpha=alpha, rng=rng)
+                                             num_beams=num_beams, alpha=alpha,
+                                             temperature=temperature, top_k=top_k, top_p=top_p,
+                                             rng=jax.random.fold_in(key, next(calls)))
         return data.to_host(tokens), data.to_host(scores)
 
     return predict
@@ -185,6 +212,57 @@ def make_score_fn(module: Transformer, params, mesh, rules, batch_sharding) -> C
     return score
 
 
+def make_inference_evaluator(mixture_or_task_name: str, split: str,
+                             task_feature_lengths: Mapping[str, int], batch_size: int, *,
+                             converter: str = "encoder_decoder", log_dir: str | None = None,
+                             max_examples: int | None = None, seed: int = 0):
+    """A seqio-backed evaluator of `name`'s tasks with metrics, or None when there are none
+    (or the model is decoder-only, which inference evaluation does not support yet)."""
+    if converter != "encoder_decoder" or not _eval_tasks(mixture_or_task_name, split, True):
+        return None
+    from trainer import evaluation
+
+    return evaluation.InferenceEvaluator(mixture_or_task_name, split, task_feature_lengths,
+                                         batch_size, log_dir=log_dir,
+                                         max_examples=max_examples, seed=seed)
+
+
+def evaluate_params(module: Transformer, params, mesh, rules, batch_sharding, eval_fn,
+                    evaluator, *, mixture_or_task_name: str, split: str,
+                    task_feature_lengths: Mapping[str, int], batch_size: int,
+                    converter: str = "encoder_decoder", pack: bool = True,
+                    eval_batches: int | None = None, decode_method: str = "greedy",
+                    num_beams: int = 4, alpha: float = 0.6, seed: int = 0,
+                    step: int = 0) -> dict[str, float]:
+    """Teacher-forced loss/accuracy per task, plus the evaluator's inference metrics (BLEU,
+    ...) when there is one: what train, evaluate and the interactive model report."""
+    results = teacher_forced_eval(eval_fn, params, mixture_or_task_name, split,
+                                  task_feature_lengths, batch_size, batch_sharding,
+                                  converter=converter, pack=pack, max_batches=eval_batches)
+    if evaluator is not None:
+        predict = make_predict_fn(module, params, mesh, rules, batch_sharding,
+                                  max_decode_length=task_feature_lengths["targets"],
+                                  method=decode_method, num_beams=num_beams, alpha=alpha,
+                                  seed=seed)
+        score = make_score_fn(module, params, mesh, rules, batch_sharding)
+        results.update(evaluator.evaluate(step, predict, score))
+    return results
+
+
+def make_train_step_fn(module: Transformer, tx, learning_rate, shardings, batch_sharding, mesh,
+                       rules, *, accumulation_steps: int = 1, z_loss: float = 1e-4,
+                       label_smoothing: float = 0.0, loss_normalizing_factor="per_token"):
+    """The jitted (state, batch, rng) -> (state, metrics) step, state donated."""
+    return partitioning.jit(
+        state_lib.make_train_step(module, tx, learning_rate,
+                                  accumulation_steps=accumulation_steps, z_loss=z_loss,
+                                  label_smoothing=label_smoothing,
+                                  loss_normalizing_factor=loss_normalizing_factor,
+                                  dropout=module.config.dropout_rate > 0),
+        mesh, rules, in_shardings=(shardings, batch_sharding, None),
+        out_shardings=(shardings, None), donate_argnums=(0,))
+
+
 def _make_mesh(mesh_shape: Mapping[str, int] | None):
     """The mesh; on one process a fully given shape may use fewer than all devices (the first
     ones), e.g. {'data': 1} to compare against a single-device run."""
@@ -196,17 +274,19 @@ def _make_mesh(mesh_shape: Mapping[str, int] | None):
     return partitioning.make_mesh(mesh_shape, devices=devices)
 
 
-def _data_parallel(mesh) -> int:
+def data_parallel_size(mesh) -> int:
+    """How many ways the batch is split: the mesh's data (× replica) devices."""
     return mesh.shape.get("data", 1) * mesh.shape.get("replica", 1)
 
 
-def _eval_batch_size(batch_size: int, mesh) -> int:
+def round_batch_size(batch_size: int, mesh) -> int:
     """`batch_size` rounded up to a multiple of the data-parallel devices (eval/infer pad)."""
-    n = _data_parallel(mesh)
+    n = data_parallel_size(mesh)
     return -(-batch_size // n) * n
 
 
-def _setup(model_config: T5Config, mesh_shape, partitioning_rules):
+def setup_model(model_config: T5Config, mesh_shape, partitioning_rules):
+    """(mesh, batch sharding, module) for running `model_config` on `mesh_shape`."""
     mesh = _make_mesh(mesh_shape)
     return mesh, partitioning.batch_sharding(mesh, partitioning_rules), Transformer(model_config)
 
@@ -254,17 +334,23 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def _write_config(model_dir: str) -> None:
+def _write_config(model_dir: str, model_config: T5Config) -> None:
+    """The operative gin config (when gin parsed one) and the model's config, which
+    `read_model_config` gives back."""
     if jax.process_index() != 0:
         return
     os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, MODEL_CONFIG_JSON), "w") as f:
+        json.dump(model_config.to_dict(), f, indent=2)
     text = gin.operative_config_str() if gin.config_is_locked() else ""
     if text:
         with open(os.path.join(model_dir, CONFIG_GIN), "w") as f:
             f.write(text)
 
 
-def _check_finite(window: list[tuple[int, dict]]) -> None:
+def check_finite(window: list[tuple[int, dict]]) -> None:
+    """Raises NonFiniteLossError naming the first step of `window` with a NaN/Inf loss or
+    gradient norm."""
     for step, m in window:
         for key in ("loss", "grad_norm"):
             value = float(np.asarray(m[key]))
@@ -275,8 +361,10 @@ def _check_finite(window: list[tuple[int, dict]]) -> None:
                     f"gradient clipping, or check the data.")
 
 
-def _summarise(window: list[tuple[int, dict]], seconds: float, flops_per_step: float,
-               peak: float | None) -> dict[str, float]:
+def summarise_window(window: list[tuple[int, dict]], seconds: float, flops_per_step: float,
+                     peak: float | None) -> dict[str, float]:
+    """The logged metrics of a window of (step, step metrics): means, the last learning rate,
+    seconds/step, target tokens/s and (given a peak) MFU."""
     host = [{k: float(np.asarray(v)) for k, v in m.items()} for _, m in window]
     tokens = sum(m["num_target_tokens"] for m in host)
     out = {k: float(np.mean([m[k] for m in host])) for k in host[0]
@@ -320,22 +408,22 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     """Trains until `train_steps` (resuming from MODEL_DIR's newest checkpoint); returns the
     final evaluation metrics (or the last train metrics when evaluation is off)."""
     model_dir = os.path.abspath(os.path.expanduser(model_dir))
-    _check_vocabulary(mixture_or_task_name, model_config)
+    check_vocabulary(mixture_or_task_name, model_config)
     dataset = data.DatasetConfig(mixture_or_task_name, dict(task_feature_lengths), "train",
                                  batch_size, converter, pack, True, seed)
-    mesh, batch_sharding, module = _setup(model_config, mesh_shape, partitioning_rules)
+    mesh, batch_sharding, module = setup_model(model_config, mesh_shape, partitioning_rules)
     per_step = batch_size // max(accumulation_steps, 1)
-    if batch_size % max(accumulation_steps, 1) or per_step % _data_parallel(mesh):
+    if batch_size % max(accumulation_steps, 1) or per_step % data_parallel_size(mesh):
         raise ConfigError(
             f"BATCH_SIZE={batch_size} with ACCUMULATION_STEPS={accumulation_steps} gives "
             f"microbatches of {batch_size / max(accumulation_steps, 1):g} rows, which must be a "
-            f"whole multiple of the {_data_parallel(mesh)} data-parallel devices")
+            f"whole multiple of the {data_parallel_size(mesh)} data-parallel devices")
     tx = optimizers.make_optimizer(optimizer, learning_rate, clip_grad_norm)
-    example = _example_batch(converter, pack, task_feature_lengths, batch_size)
+    example = example_batch(converter, pack, task_feature_lengths, batch_size)
     shardings = state_lib.state_shardings(module, tx, example, mesh, partitioning_rules)
     ckpt = checkpoints.Checkpointer(os.path.join(model_dir, CHECKPOINTS), keep=keep_checkpoints,
                                     async_save=async_checkpoint)
-    _write_config(model_dir)
+    _write_config(model_dir, model_config)
 
     data_state = None
     if ckpt.latest_step() is not None:
@@ -354,39 +442,29 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
         log.warning(note)
     stream = data.TrainStream(dataset, skip)
 
-    step_fn = partitioning.jit(
-        state_lib.make_train_step(module, tx, learning_rate,
-                                  accumulation_steps=accumulation_steps, z_loss=z_loss,
-                                  label_smoothing=label_smoothing,
-                                  loss_normalizing_factor=loss_normalizing_factor,
-                                  dropout=model_config.dropout_rate > 0),
-        mesh, partitioning_rules, in_shardings=(shardings, batch_sharding, None),
-        out_shardings=(shardings, None), donate_argnums=(0,))
+    step_fn = make_train_step_fn(module, tx, learning_rate, shardings, batch_sharding, mesh,
+                                 partitioning_rules, accumulation_steps=accumulation_steps,
+                                 z_loss=z_loss, label_smoothing=label_smoothing,
+                                 loss_normalizing_factor=loss_normalizing_factor)
     eval_fn = partitioning.jit(state_lib.make_eval_step(module, z_loss=z_loss), mesh,
                                partitioning_rules, in_shardings=(shardings["params"],
                                                                  batch_sharding))
     evaluator = None
-    if (eval_period and converter == "encoder_decoder"
-            and _eval_tasks(mixture_or_task_name, eval_split, with_metrics=True)):
-        from trainer import evaluation
-
-        evaluator = evaluation.InferenceEvaluator(
+    if eval_period:
+        evaluator = make_inference_evaluator(
             mixture_or_task_name, eval_split, task_feature_lengths,
-            _eval_batch_size(infer_eval_batch_size or batch_size, mesh),
-            log_dir=os.path.join(model_dir, "inference_eval"),
-            max_examples=infer_eval_examples, seed=seed)
+            round_batch_size(infer_eval_batch_size or batch_size, mesh), converter=converter,
+            log_dir=os.path.join(model_dir, "inference_eval"), max_examples=infer_eval_examples,
+            seed=seed)
 
     def run_eval(step: int, params) -> dict[str, float]:
-        results = teacher_forced_eval(eval_fn, params, mixture_or_task_name, eval_split,
-                                      task_feature_lengths, batch_size, batch_sharding,
-                                      converter=converter, pack=pack, max_batches=eval_batches)
-        if evaluator is not None:
-            predict = make_predict_fn(module, params, mesh, partitioning_rules, batch_sharding,
-                                      max_decode_length=task_feature_lengths["targets"],
-                                      method=decode_method, num_beams=num_beams, alpha=alpha,
-                                      seed=seed)
-            score = make_score_fn(module, params, mesh, partitioning_rules, batch_sharding)
-            results.update(evaluator.evaluate(step, predict, score))
+        results = evaluate_params(
+            module, params, mesh, partitioning_rules, batch_sharding, eval_fn, evaluator,
+            mixture_or_task_name=mixture_or_task_name, split=eval_split,
+            task_feature_lengths=task_feature_lengths, batch_size=batch_size,
+            converter=converter, pack=pack, eval_batches=eval_batches,
+            decode_method=decode_method, num_beams=num_beams, alpha=alpha, seed=seed,
+            step=step)
         logger.write(step, results, prefix="eval")
         return results
 
@@ -418,12 +496,12 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
                 log_now = step % log_period == 0 or step == train_steps or stopping
                 save_now = step % checkpoint_period == 0 or step == train_steps or stopping
                 if log_now or save_now:
-                    _check_finite(window)
+                    check_finite(window)
                 if log_now and window:
                     jax.block_until_ready(step_metrics)
                     now = time.perf_counter()  # logging's own time counts in the next window
                     seconds, t_window = now - t_window, now
-                    final = logger.write(step, _summarise(window, seconds, flops_per_step, peak))
+                    final = logger.write(step, summarise_window(window, seconds, flops_per_step, peak))
                     logger.advance(step, loss=final["train/loss"])
                     window = []
                 elif len(window) > 1:  # one step in flight: the bar counts finished steps
@@ -463,9 +541,9 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
 def _params_for(checkpoint_path, model_config, mesh_shape, partitioning_rules, converter, pack,
                 task_feature_lengths, batch_size):
     """(mesh, batch sharding, module, params, batch size rounded for the mesh) for eval/infer."""
-    mesh, batch_sharding, module = _setup(model_config, mesh_shape, partitioning_rules)
-    batch_size = _eval_batch_size(batch_size, mesh)
-    example = _example_batch(converter, pack, task_feature_lengths, batch_size)
+    mesh, batch_sharding, module = setup_model(model_config, mesh_shape, partitioning_rules)
+    batch_size = round_batch_size(batch_size, mesh)
+    example = example_batch(converter, pack, task_feature_lengths, batch_size)
     shardings = partitioning.param_shardings(partitioning.abstract_params(module, example), mesh,
                                              partitioning_rules)
     params = load_params(checkpoint_path, model_config, shardings)
@@ -480,26 +558,20 @@ def evaluate(*, checkpoint_path: str, model_config: T5Config, mixture_or_task_na
              mesh_shape=None, partitioning_rules="data_parallel", seed: int = 0) -> dict:
     """Teacher-forced and inference metrics of a checkpoint; written to
     OUTPUT_DIR/eval_metrics.json and TensorBoard."""
-    _check_vocabulary(mixture_or_task_name, model_config)
+    check_vocabulary(mixture_or_task_name, model_config)
     mesh, batch_sharding, module, params, batch_size = _params_for(
         checkpoint_path, model_config, mesh_shape, partitioning_rules, converter, pack,
         task_feature_lengths, batch_size)
     eval_fn = partitioning.jit(state_lib.make_eval_step(module), mesh, partitioning_rules)
-    results = teacher_forced_eval(eval_fn, params, mixture_or_task_name, split,
-                                  task_feature_lengths, batch_size, batch_sharding,
-                                  converter=converter, pack=pack, max_batches=eval_batches)
-    if converter == "encoder_decoder" and _eval_tasks(mixture_or_task_name, split, True):
-        from trainer import evaluation
-
-        evaluator = evaluation.InferenceEvaluator(
-            mixture_or_task_name, split, task_feature_lengths, batch_size, log_dir=output_dir,
-            max_examples=infer_eval_examples, seed=seed)
-        predict = make_predict_fn(module, params, mesh, partitioning_rules, batch_sharding,
-                                  max_decode_length=task_feature_lengths["targets"],
-                                  method=decode_method, num_beams=num_beams, alpha=alpha,
-                                  seed=seed)
-        score = make_score_fn(module, params, mesh, partitioning_rules, batch_sharding)
-        results.update(evaluator.evaluate(0, predict, score))
+    evaluator = make_inference_evaluator(mixture_or_task_name, split, task_feature_lengths,
+                                         batch_size, converter=converter, log_dir=output_dir,
+                                         max_examples=infer_eval_examples, seed=seed)
+    results = evaluate_params(
+        module, params, mesh, partitioning_rules, batch_sharding, eval_fn, evaluator,
+        mixture_or_task_name=mixture_or_task_name, split=split,
+        task_feature_lengths=task_feature_lengths, batch_size=batch_size, converter=converter,
+        pack=pack, eval_batches=eval_batches, decode_method=decode_method, num_beams=num_beams,
+        alpha=alpha, seed=seed)
     with metrics_lib.MetricsLogger(output_dir, total_steps=0, show_progress=False) as logger:
         logger.write(0, results, prefix="eval")
     if jax.process_index() == 0:
@@ -526,7 +598,7 @@ def infer(*, checkpoint_path: str, model_config: T5Config, output_file: str, bat
     if mixture_or_task_name is not None:
         import tasks
 
-        _check_vocabulary(mixture_or_task_name, model_config)
+        check_vocabulary(mixture_or_task_name, model_config)
         vocabulary = vocabulary or tasks.get(mixture_or_task_name).output_features[
             "inputs"].vocabulary
     if vocabulary is None:

@@ -7,6 +7,7 @@ import functools
 from collections.abc import Sequence
 
 import seqio
+import tensorflow as tf
 
 from tasks import language_sampling
 
@@ -56,3 +57,27 @@ def mixing_proportions(mixture: seqio.Mixture) -> dict[str, float]:
     rates = {task.name: float(mixture.get_rate(task)) for task in mixture.tasks}
     total = sum(rates.values())
     return {name: rate / total for name, rate in rates.items()}
+
+
+def add_examples_task(name: str, examples: Sequence[tuple[str, str]],
+                      vocabulary: seqio.Vocabulary, metric_fns: Sequence = (),
+                      splits: Sequence[str] = ("train", "validation")) -> seqio.Task:
+    """Registers (or replaces) a Task over in-memory (input, target) text pairs, tokenized with
+    `vocabulary` and EOS-terminated like every other task; each split holds all the pairs."""
+    if not examples:
+        raise ValueError(f"task {name!r} needs at least one (input, target) pair")
+    inputs = [str(x) for x, _ in examples]
+    targets = [str(y) for _, y in examples]
+
+    def source(split, shuffle_files, seed=None):
+        del split, shuffle_files, seed
+        return tf.data.Dataset.from_tensor_slices({"inputs": inputs, "targets": targets})
+
+    seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(source, splits=list(splits),
+                                        num_input_examples={s: len(inputs) for s in splits}),
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        output_features={"inputs": seqio.Feature(vocabulary), "targets": seqio.Feature(vocabulary)},
+        metric_fns=list(metric_fns))

@@ -4,6 +4,7 @@
                predict_fn, "runs/x/infer/translate_en_de.jsonl")
     infer_file("inputs.txt", "out.jsonl", vocabulary, inputs_length=512, batch_size=32,
                predict_fn=predict_fn)
+    infer_texts(["translate English to German: Hello."], vocabulary, 512, 32, predict_fn)
 
 The model side comes in as plain callables on numpy batches of exactly `batch_size` rows (one
 jitted function per shape): a last, short batch is padded with all-zero rows whose outputs are
@@ -166,54 +167,66 @@ class _Example:
     extra: dict | None = None  # fields copied to the output record (the task of a mixture)
 
 
-def _write_results(examples: Iterable[_Example], total: int | None, done: int, output_path: Path,
-                   batch_size: int, mode: str, predict_fn: PredictFn | None,
-                   score_fn: ScoreFn | None, output_vocabulary: seqio.Vocabulary,
-                   inputs_length: int, targets_length: int | None, eos_id: int | None) -> int:
-    """Runs the model on `examples` (the ones after the first `done`) batch by batch and appends
-    one line per example to `output_path`; returns the number of lines written in all."""
+def _results(examples: Iterable[_Example], batch_size: int, mode: str,
+             predict_fn: PredictFn | None, score_fn: ScoreFn | None,
+             output_vocabulary: seqio.Vocabulary, inputs_length: int,
+             targets_length: int | None, eos_id: int | None) -> Iterator[list[dict]]:
+    """Runs the model on `examples` batch by batch; yields each batch's output records
+    ({"input", "prediction", "score"[, "target"]} or {"input", "target", "score"})."""
     cut_inputs = cut_targets = 0
     examples = iter(examples)
-    # every process runs the model (its arrays span them all); process 0 alone writes
-    sink = output_path if jax.process_index() == 0 else os.devnull
-    with open(sink, "a", encoding="utf-8") as out, \
-            tqdm.tqdm(total=total, initial=done, unit="ex", desc=output_path.name) as bar:
-        while batch := list(itertools.islice(examples, batch_size)):
-            inputs, targets = [], []
-            for ex in batch:
-                ids, cut = truncate(ex.input_ids, inputs_length, eos_id)
-                inputs.append(ids)
-                cut_inputs += cut
-                if ex.target_ids is not None and targets_length is not None:
-                    ids, cut = truncate(ex.target_ids, targets_length, eos_id)
-                    targets.append(ids)
-                    cut_targets += cut
-            has_targets = len(targets) == len(batch)
-            features = encode_features(inputs, inputs_length, batch_size,
-                                       targets if has_targets else None, targets_length)
-            if mode == "predict":
-                tokens_BL, scores_B = run_predict(predict_fn, features, len(batch), batch_size)
-                records = [{"input": ex.input_text,
-                            "prediction": decode_prediction(output_vocabulary, tokens),
-                            "score": float(score)}
-                           for ex, tokens, score in zip(batch, tokens_BL, scores_B)]
-            else:
-                scores_B = run_score(score_fn, features, len(batch), batch_size)
-                records = [{"input": ex.input_text, "target": ex.target_text,
-                            "score": float(score)} for ex, score in zip(batch, scores_B)]
-            for ex, record in zip(batch, records):
-                if mode == "predict" and ex.target_text is not None:
-                    record["target"] = ex.target_text
-                record.update(ex.extra or {})
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-            done += len(batch)
-            bar.update(len(batch))
+    while batch := list(itertools.islice(examples, batch_size)):
+        inputs, targets = [], []
+        for ex in batch:
+            ids, cut = truncate(ex.input_ids, inputs_length, eos_id)
+            inputs.append(ids)
+            cut_inputs += cut
+            if ex.target_ids is not None and targets_length is not None:
+                ids, cut = truncate(ex.target_ids, targets_length, eos_id)
+                targets.append(ids)
+                cut_targets += cut
+        has_targets = len(targets) == len(batch)
+        features = encode_features(inputs, inputs_length, batch_size,
+                                   targets if has_targets else None, targets_length)
+        if mode == "predict":
+            tokens_BL, scores_B = run_predict(predict_fn, features, len(batch), batch_size)
+            records = [{"input": ex.input_text,
+                        "prediction": decode_prediction(output_vocabulary, tokens),
+                        "score": float(score)}
+                       for ex, tokens, score in zip(batch, tokens_BL, scores_B)]
+        else:
+            scores_B = run_score(score_fn, features, len(batch), batch_size)
+            records = [{"input": ex.input_text, "target": ex.target_text,
+                        "score": float(score)} for ex, score in zip(batch, scores_B)]
+        for ex, record in zip(batch, records):
+            if mode == "predict" and ex.target_text is not None:
+                record["target"] = ex.target_text
+            record.update(ex.extra or {})
+        yield records
     cuts = [f"{n} {what} to {length} tokens" for n, what, length in
             ((cut_inputs, "inputs", inputs_length), (cut_targets, "targets", targets_length)) if n]
     if cuts:
         logger.warning("truncated %s (EOS kept at the end)", " and ".join(cuts))
+
+
+def _write_results(examples: Iterable[_Example], total: int | None, done: int, output_path: Path,
+                   batch_size: int, mode: str, predict_fn: PredictFn | None,
+                   score_fn: ScoreFn | None, output_vocabulary: seqio.Vocabulary,
+                   inputs_length: int, targets_length: int | None, eos_id: int | None) -> int:
+    """Appends one line per example (the ones after the first `done`) to `output_path`, fsynced
+    after every batch; returns the number of lines written in all."""
+    # every process runs the model (its arrays span them all); process 0 alone writes
+    sink = output_path if jax.process_index() == 0 else os.devnull
+    with open(sink, "a", encoding="utf-8") as out, \
+            tqdm.tqdm(total=total, initial=done, unit="ex", desc=output_path.name) as bar:
+        for records in _results(examples, batch_size, mode, predict_fn, score_fn,
+                                output_vocabulary, inputs_length, targets_length, eos_id):
+            for record in records:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            done += len(records)
+            bar.update(len(records))
     return done
 
 
@@ -333,6 +346,16 @@ def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
                                  f"re-encode the file as UTF-8") from None
 
 
+def _text_example(vocabulary: seqio.Vocabulary, source: str,
+                  target: str | None = None) -> _Example:
+    """An example of raw text, tokenized with EOS appended (seqio's tokenize + append_eos)."""
+    eos = [vocabulary.eos_id] if vocabulary.eos_id is not None else []
+    if target is None:
+        return _Example(source, vocabulary.encode(source) + eos)
+    return _Example(source, vocabulary.encode(source) + eos, target,
+                    vocabulary.encode(target) + eos)
+
+
 def _split_pair(path: Path, number: int, line: str) -> tuple[str, str]:
     if "\t" not in line:
         raise ValueError(f"{path}:{number} has no tab: mode 'score' needs one "
@@ -371,17 +394,35 @@ def infer_file(input_path: str | os.PathLike, output_path: str | os.PathLike,
     output_path, done = _resume_point(output_path, mode, total, str(input_path))
     if done == total:
         return done
-    eos = [vocabulary.eos_id] if vocabulary.eos_id is not None else []
 
     def examples() -> Iterator[_Example]:
         for number, line in itertools.islice(_file_lines(input_path), done, None):
             if mode == "score":
-                source, target = _split_pair(input_path, number, line)
-                yield _Example(source, vocabulary.encode(source) + eos,
-                               target, vocabulary.encode(target) + eos)
+                yield _text_example(vocabulary, *_split_pair(input_path, number, line))
             else:
-                yield _Example(line, vocabulary.encode(line) + eos)
+                yield _text_example(vocabulary, line)
 
     return _write_results(examples(), total, done, output_path, batch_size, mode, predict_fn,
                           score_fn, vocabulary, inputs_length, targets_length,
                           vocabulary.eos_id)
+
+
+def infer_texts(inputs: Sequence[str], vocabulary: seqio.Vocabulary, inputs_length: int,
+                batch_size: int, predict_fn: PredictFn | None, *,
+                targets: Sequence[str] | None = None, score_fn: ScoreFn | None = None,
+                mode: str = "predict", targets_length: int | None = None) -> list[dict]:
+    """`infer_file` on strings in memory: one record per input, in order ({"input",
+    "prediction", "score"} to predict; {"input", "target", "score"} to score `targets`)."""
+    _check_mode(mode, batch_size, predict_fn, score_fn)
+    if isinstance(inputs, str):
+        raise TypeError("inputs must be a list of strings, not one string")
+    if targets is not None and len(targets) != len(inputs):
+        raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+    if mode == "score" and (targets is None or targets_length is None):
+        raise ValueError("mode 'score' needs targets and targets_length")
+    pairs = zip(inputs, targets) if targets is not None else ((x, None) for x in inputs)
+    examples = [_text_example(vocabulary, x, y) for x, y in pairs]
+    return [record for records in _results(examples, batch_size, mode, predict_fn, score_fn,
+                                           vocabulary, inputs_length, targets_length,
+                                           vocabulary.eos_id)
+            for record in records]
