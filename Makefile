@@ -23,7 +23,7 @@ prepare: venv
 	$(PY) -m tasks.corpora prepare
 
 test: prepare
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2
 
 # The main job: ~15 min on 2 CPU cores; writes runs/quickstart (rerun to resume).
 quickstart: prepare

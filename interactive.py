@@ -21,6 +21,7 @@ runtime.configure()  # XLA and TensorFlow settings, before either starts
 
 import hashlib  # noqa: E402  (after runtime.configure)
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 import seqio
-import tqdm.auto as tqdm
+import tqdm
 
 import train as train_lib
 from models import checkpoint as model_checkpoint
@@ -40,6 +41,14 @@ from trainer import infer as infer_lib
 from trainer import optimizers, state as state_lib
 
 Examples = Sequence[tuple[str, str] | Mapping[str, str]]
+
+
+def _drop_in_memory_task_notes(record: logging.LogRecord) -> bool:
+    """seqio's advice to cache a FunctionDataSource before training is about resharding big
+    sources on restarts; for a list of pairs held in memory it only confuses."""
+    return (train_lib.drop_known_seqio_notes(record)
+            and not record.getMessage().startswith("Using an uncached FunctionDataset"))
+
 
 
 def default_vocabulary(cfg: T5Config) -> seqio.Vocabulary:
@@ -75,7 +84,8 @@ class InteractiveModel:
 
     Params come from a checkpoint (`load`) or a fresh init. Decoding, scoring and evaluation
     use the current params; `train` updates them (the optimizer state is created on first use
-    and kept across calls, as is each dataset's position).
+    and kept across calls, as is each dataset's position). As with train.py's
+    INITIAL_CHECKPOINT_PATH, only params are loaded: `step` counts this object's train steps.
     """
 
     def __init__(self, model_config: T5Config, params: Any = None, *,
@@ -98,6 +108,7 @@ class InteractiveModel:
                              f"{model_config.architecture!r} (train it with train.train)")
         if params is not None and checkpoint_path is not None:
             raise ValueError("pass params or checkpoint_path, not both")
+        logging.getLogger("absl").addFilter(_drop_in_memory_task_notes)  # once per process
         self.config = model_config
         self.vocabulary = self._vocabulary(vocabulary)
         self.task_feature_lengths = dict(task_feature_lengths or {"inputs": 128, "targets": 128})

@@ -744,7 +744,7 @@ def _parse_args(argv: Sequence[str]):
     return args, bindings
 
 
-def _drop_known_seqio_notes(record: logging.LogRecord) -> bool:
+def drop_known_seqio_notes(record: logging.LogRecord) -> bool:
     """seqio warns on every packed dataset that `*_pretokenized` strings are dropped, and that
     evaluation lengths *may* truncate; neither tells a user anything."""
     text = record.getMessage()
@@ -756,7 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("absl", "tensorflow", "jax._src", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("absl").addFilter(_drop_known_seqio_notes)
+    logging.getLogger("absl").addFilter(drop_known_seqio_notes)
     args, bindings = _parse_args(sys.argv[1:] if argv is None else argv)
     if args.coordinator_address or args.distributed:
         # CPU processes need gloo for cross-process collectives (harmless on accelerators).

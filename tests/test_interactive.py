@@ -15,9 +15,6 @@ from tests.test_train import LENGTHS, TASK, TINY, final_params, run_train
 from trainer import optimizers
 
 LR = 0.01
-# one worker runs the whole file, so the module fixture's training happens once (make test
-# distributes with --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("interactive")
 
 
 def interactive(**kwargs):

@@ -28,8 +28,6 @@ TINY = T5Config(vocab_size=8192, d_model=32, num_heads=2, head_dim=16, d_ff=64,
                 num_encoder_layers=1, num_decoder_layers=1)
 EXTERNAL = ("gcloud ",)  # cluster launchers named in prose; not runnable here
 
-pytestmark = pytest.mark.xdist_group("readme")
-
 
 def blocks(language):
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
