@@ -501,7 +501,8 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
                     jax.block_until_ready(step_metrics)
                     now = time.perf_counter()  # logging's own time counts in the next window
                     seconds, t_window = now - t_window, now
-                    final = logger.write(step, summarise_window(window, seconds, flops_per_step, peak))
+                    final = logger.write(
+                        step, summarise_window(window, seconds, flops_per_step, peak))
                     logger.advance(step, loss=final["train/loss"])
                     window = []
                 elif len(window) > 1:  # one step in flight: the bar counts finished steps

@@ -20,6 +20,6 @@ builtin.register()
 tfds_tasks.register()
 
 __all__ = [
-    "EmptyDatasetError", "UnknownTaskError", "add_examples_task", "add_language_mixture", "as_numpy",
-    "feature_converter", "get", "get_dataset", "mixing_proportions",
+    "EmptyDatasetError", "UnknownTaskError", "add_examples_task", "add_language_mixture",
+    "as_numpy", "feature_converter", "get", "get_dataset", "mixing_proportions",
 ]

@@ -1,4 +1,5 @@
-"""Looking up tasks and mixtures by name; mixtures with mT5's language sampling."""
+"""Looking up tasks and mixtures by name; mixtures with mT5's language sampling; tasks over
+in-memory examples (the interactive model's `train` on a list of pairs)."""
 
 from __future__ import annotations
 
