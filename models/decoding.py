@@ -291,19 +291,64 @@ def _assign_slots(parent_BK, needs_copy_BK):
   return slot_BK, ~first_BK & needs_copy_BK
 
 
-def _copy_rows(cache, src_R, dst_R, count):
-  """cache[dst_R[j]] = cache[src_R[j]] (axis 0 of every leaf) for j < count, in place.
-  Cross-attention K/V are the same for all beams of an example and rows are only copied
-  within an example, so they are skipped."""
+# Positions per block when copying a cache row (see `_copy_rows`).
+_COPY_BLOCK = 16
+
+
+def _copy_rows(cache, src_R, dst_R, count, length):
+  """cache[dst_R[j], ..., :length, :] = cache[src_R[j], ..., :length, :] for j < count, in place
+  (axis 0 of every self-attention leaf; the sequence axis is the second to last, [.., H, N, Dh]).
+
+  Only the first `length` positions (those written so far) are copied, in blocks of
+  `_COPY_BLOCK`; later positions are rewritten before any query can see them. Cross-attention
+  K/V are the same for all beams of an example and rows are only copied within an example, so
+  they are skipped.
+  """
+  leaves = [x for p, x in jax.tree_util.tree_leaves_with_path(cache)
+            if not _is_cross_attention_path(p)]
+  if not leaves:
+    return cache
+  N = leaves[0].shape[-2]
+  blk = min(_COPY_BLOCK, N)
+  nblk = (length + blk - 1) // blk  # blocks per row
+
   def body(carry):
-    j, cache = carry
+    t, cache = carry
+    j, start = t // nblk, (t % nblk) * blk  # a block past N - blk is clamped: still correct
     def copy(path, x):
       if _is_cross_attention_path(path):
         return x
-      row = jax.lax.dynamic_index_in_dim(x, src_R[j], axis=0, keepdims=True)
-      return jax.lax.dynamic_update_index_in_dim(x, row, dst_R[j], axis=0)
-    return j + 1, jax.tree_util.tree_map_with_path(copy, cache)
-  return jax.lax.while_loop(lambda c: c[0] < count, body, (jnp.int32(0), cache))[1]
+      size = (1,) + x.shape[1:-2] + (blk, x.shape[-1])
+      idx = lambda row: (row,) + (0,) * (x.ndim - 3) + (start, 0)
+      block = jax.lax.dynamic_slice(x, idx(src_R[j]), size)
+      return jax.lax.dynamic_update_slice(x, block, idx(dst_R[j]))
+    return t + 1, jax.tree_util.tree_map_with_path(copy, cache)
+  return jax.lax.while_loop(lambda c: c[0] < count * nblk, body, (jnp.int32(0), cache))[1]
+
+
+# Block width of `_blocked_top_k`.
+_TOPK_BLOCK = 128
+
+
+def _blocked_top_k(x_BM, k: int):
+  """`jax.lax.top_k(x_BM, k)` (same values, indices and tie order) for long rows, via block
+  maxima: on XLA:CPU a top-k over [B, K * V] costs more than the max reduction that finds its
+  blocks. The k best entries lie in the k blocks with the best maxima (ties to the lower block,
+  as top_k breaks them), so it takes those blocks, in their original order, and runs top_k on
+  them alone.
+  """
+  B, M = x_BM.shape
+  C = _TOPK_BLOCK
+  nblk = -(-M // C)
+  if nblk <= k:
+    return jax.lax.top_k(x_BM, k)
+  x_BnC = jnp.pad(x_BM, ((0, 0), (0, nblk * C - M)), constant_values=-jnp.inf).reshape(B, nblk, C)
+  _, blocks_Bk = jax.lax.top_k(jnp.max(x_BnC, axis=2), k)
+  blocks_Bk = jnp.sort(blocks_Bk, axis=1)  # flat order, so ties break as in top_k
+  cand_BkC = jnp.take_along_axis(x_BnC, blocks_Bk[:, :, None], axis=1)
+  vals_Bk, pick_Bk = jax.lax.top_k(cand_BkC.reshape(B, k * C), k)
+  idx_Bk = jnp.take_along_axis(blocks_Bk, pick_Bk // C, axis=1) * C + pick_Bk % C
+  return vals_Bk, idx_Bk.astype(jnp.int32)
 
 
 def _beam_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
@@ -344,7 +389,7 @@ def _beam_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
     lp_BKV = jnp.where(forced_B[:, None, None], forced_lp_BV[:, None], lp_BKV)
     cand_BKV = alive_logp[:, :, None] + lp_BKV
     # 2K candidates: at most K of them finish, so K stay alive.
-    top_logp, top_idx = jax.lax.top_k(cand_BKV.reshape(B, K * V), 2 * K)
+    top_logp, top_idx = _blocked_top_k(cand_BKV.reshape(B, K * V), 2 * K)
     top_beam, top_tok = top_idx // V, (top_idx % V).astype(jnp.int32)
     top_seq = jnp.take_along_axis(alive_seq, top_beam[:, :, None], axis=1)
     top_seq = jax.lax.dynamic_update_slice(top_seq, top_tok[:, :, None], (0, 0, pos))
@@ -365,7 +410,7 @@ def _beam_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
       order_R = jnp.argsort((~copy_BK).reshape(B * K).astype(jnp.int32), stable=True)
       src_R = (batch_offset_B1 + parent_BK).reshape(B * K)[order_R]
       dst_R = (batch_offset_B1 + slot_BK).reshape(B * K)[order_R]
-      cache = _copy_rows(cache, src_R, dst_R, jnp.sum(copy_BK))
+      cache = _copy_rows(cache, src_R, dst_R, jnp.sum(copy_BK), pos)
 
     # finished: the best K of the old finished and the newly finished.
     new_score = jnp.where(finishing, top_logp / length_penalty(gen_len_B1, alpha), NEG_INF)
