@@ -121,7 +121,8 @@ class InteractiveModel:
         self.tx = optimizers.make_optimizer(optimizer, learning_rate, clip_grad_norm)
         self._loss = dict(z_loss=z_loss, label_smoothing=label_smoothing,
                           loss_normalizing_factor=loss_normalizing_factor)
-        example = self._example(self.task_feature_lengths, self._round(batch_size))
+        example = self._example_batch = self._example(self.task_feature_lengths,
+                                                      self._round(batch_size))
         self._shardings = state_lib.state_shardings(self.module, self.tx, example, self.mesh,
                                                     partitioning_rules)
         param_shardings = self._shardings["params"]
@@ -261,8 +262,9 @@ class InteractiveModel:
 
     def _state(self) -> dict:
         if self._opt_state is None:
-            self._opt_state = jax.jit(self.tx.init, out_shardings=self._shardings["opt_state"])(
-                self._params)
+            self._opt_state = state_lib.init_state(
+                self.module, self.tx, None, self._example_batch, self.mesh, self.rules,
+                self._shardings, self._params)["opt_state"]
         step = jax.device_put(np.int32(self.step), self._shardings["step"])
         return {"step": step, "params": self._params, "opt_state": self._opt_state}
 
@@ -276,9 +278,7 @@ class InteractiveModel:
         name = self._task_name(data)
         lengths = self._lengths(task_feature_lengths)
         batch_size = batch_size or self.batch_size
-        if batch_size % train_lib.data_parallel_size(self.mesh):
-            raise ValueError(f"batch_size={batch_size} must be a multiple of the "
-                             f"{train_lib.data_parallel_size(self.mesh)} data-parallel devices")
+        train_lib.check_batch_size(batch_size, 1, self.mesh)
         config = data_lib.DatasetConfig(name, lengths, "train", batch_size, "encoder_decoder",
                                         pack, True, self.seed)
         key = (name, tuple(sorted(lengths.items())), batch_size, pack)

@@ -86,53 +86,68 @@ def _is_train_dir(path: str) -> bool:
     return bool(checkpoints.committed_steps(os.path.join(path, CHECKPOINTS)))
 
 
-def load_params(path: str, cfg: T5Config, shardings) -> Any:
-    """Params of `cfg` placed on `shardings`, from any checkpoint xt5 reads: a training
-    MODEL_DIR (its newest good step), an xt5 checkpoint (`python -m models.convert`), a Hugging
-    Face T5 directory, or a T5X checkpoint."""
+def _checkpoint_kind(path: str) -> tuple[str, str]:
+    """(absolute path, kind) of a checkpoint path: 'train' (a MODEL_DIR with committed steps),
+    'xt5', 'hf' or, for anything else, 't5x' (whose reader decides)."""
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
     if _is_train_dir(path):
-        with checkpoints.Checkpointer(os.path.join(path, CHECKPOINTS)) as ckpt:
-            step, params = ckpt.restore_params(_abstract(cfg, shardings))
-        log.info("params of step %d from %s", step, ckpt.directory)
-        return params
+        return path, "train"
     if os.path.isdir(os.path.join(path, model_checkpoint.PARAMS_DIR)):
-        return model_checkpoint.load_params(path, cfg, shardings)
-    if os.path.isfile(os.path.join(path, "config.json")):  # Hugging Face
-        _, params = convert.load_hf(path, **_layout(cfg))
-        convert.check_params(params, cfg, f"Hugging Face checkpoint {path}")
-        return jax.tree.map(jax.device_put, params, shardings)
+        return path, "xt5"
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path, "hf"
+    return path, "t5x"
+
+
+def _load_t5x_tree(path: str) -> dict:
     try:
-        tree = convert.load_t5x_checkpoint(path)
+        return convert.load_t5x_checkpoint(path)
     except Exception as e:
         raise ValueError(
             f"{path} is not a checkpoint xt5 can read: expected a training MODEL_DIR (with "
             f"{CHECKPOINTS}/), an xt5 checkpoint (params/ + config.json), a Hugging Face "
             f"directory (config.json + weights) or a T5X checkpoint ({e})") from e
-    params = convert.params_from_t5x(tree, cfg)
+
+
+def load_params(path: str, cfg: T5Config, shardings) -> Any:
+    """Params of `cfg` placed on `shardings`, from any checkpoint xt5 reads: a training
+    MODEL_DIR (its newest good step), an xt5 checkpoint (`python -m models.convert`), a Hugging
+    Face T5 directory, or a T5X checkpoint."""
+    path, kind = _checkpoint_kind(path)
+    if kind == "train":
+        with checkpoints.Checkpointer(os.path.join(path, CHECKPOINTS)) as ckpt:
+            step, params = ckpt.restore_params(_abstract(cfg, shardings))
+        log.info("params of step %d from %s", step, ckpt.directory)
+        return params
+    if kind == "xt5":
+        return model_checkpoint.load_params(path, cfg, shardings)
+    if kind == "hf":
+        _, params = convert.load_hf(path, **_layout(cfg))
+        convert.check_params(params, cfg, f"Hugging Face checkpoint {path}")
+    else:
+        params = convert.params_from_t5x(_load_t5x_tree(path), cfg)
     return jax.tree.map(jax.device_put, params, shardings)
 
 
 def read_model_config(path: str) -> T5Config:
     """The model config stored with a checkpoint: a training MODEL_DIR's model_config.json, an
     xt5 checkpoint's config.json, a Hugging Face config.json, or inferred from a T5X
-    checkpoint's parameter shapes."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint path {path} does not exist")
-    if os.path.isfile(os.path.join(path, MODEL_CONFIG_JSON)):
-        with open(os.path.join(path, MODEL_CONFIG_JSON)) as f:
+    checkpoint's parameter shapes (which reads the whole T5X checkpoint once more)."""
+    path, kind = _checkpoint_kind(path)
+    if kind == "train":
+        json_path = os.path.join(path, MODEL_CONFIG_JSON)
+        if not os.path.isfile(json_path):
+            raise ValueError(f"{path} has no {MODEL_CONFIG_JSON} (written by newer versions of "
+                             f"train.py): pass the model config explicitly")
+        with open(json_path) as f:
             return T5Config.from_dict(json.load(f))
-    if _is_train_dir(path):
-        raise ValueError(f"{path} has no {MODEL_CONFIG_JSON} (written by newer versions of "
-                         f"train.py): pass the model config explicitly")
-    if os.path.isdir(os.path.join(path, model_checkpoint.PARAMS_DIR)):
+    if kind == "xt5":
         return model_checkpoint.read_config(path)
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if kind == "hf":
         return convert.config_from_hf(convert.load_hf_config(path))
-    return convert.config_from_t5x(convert.load_t5x_checkpoint(path))
+    return convert.config_from_t5x(_load_t5x_tree(path))
 
 
 def _abstract(cfg: T5Config, shardings):
@@ -285,6 +300,16 @@ def round_batch_size(batch_size: int, mesh) -> int:
     return -(-batch_size // n) * n
 
 
+def check_batch_size(batch_size: int, accumulation_steps: int, mesh) -> None:
+    """Refuses a batch whose microbatches do not split evenly over the data-parallel devices."""
+    per_step = batch_size // max(accumulation_steps, 1)
+    if batch_size % max(accumulation_steps, 1) or per_step % data_parallel_size(mesh):
+        raise ConfigError(
+            f"BATCH_SIZE={batch_size} with ACCUMULATION_STEPS={accumulation_steps} gives "
+            f"microbatches of {batch_size / max(accumulation_steps, 1):g} rows, which must be a "
+            f"whole multiple of the {data_parallel_size(mesh)} data-parallel devices")
+
+
 def setup_model(model_config: T5Config, mesh_shape, partitioning_rules):
     """(mesh, batch sharding, module) for running `model_config` on `mesh_shape`."""
     mesh = _make_mesh(mesh_shape)
@@ -412,12 +437,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     dataset = data.DatasetConfig(mixture_or_task_name, dict(task_feature_lengths), "train",
                                  batch_size, converter, pack, True, seed)
     mesh, batch_sharding, module = setup_model(model_config, mesh_shape, partitioning_rules)
-    per_step = batch_size // max(accumulation_steps, 1)
-    if batch_size % max(accumulation_steps, 1) or per_step % data_parallel_size(mesh):
-        raise ConfigError(
-            f"BATCH_SIZE={batch_size} with ACCUMULATION_STEPS={accumulation_steps} gives "
-            f"microbatches of {batch_size / max(accumulation_steps, 1):g} rows, which must be a "
-            f"whole multiple of the {data_parallel_size(mesh)} data-parallel devices")
+    check_batch_size(batch_size, accumulation_steps, mesh)
     tx = optimizers.make_optimizer(optimizer, learning_rate, clip_grad_norm)
     example = example_batch(converter, pack, task_feature_lengths, batch_size)
     shardings = state_lib.state_shardings(module, tx, example, mesh, partitioning_rules)

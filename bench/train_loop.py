@@ -91,9 +91,8 @@ class BareStep:
     shardings = state_lib.state_shardings(module, tx, self.batch, mesh, RULES)
     self.state = state_lib.init_state(module, tx, jax.random.key(0), self.batch, mesh, RULES,
                                       shardings)
-    self.step_fn = partitioning.jit(state_lib.make_train_step(module, tx, lr), mesh, RULES,
-                                    in_shardings=(shardings, self.batch_sharding, None),
-                                    out_shardings=(shardings, None), donate_argnums=(0,))
+    self.step_fn = train.make_train_step_fn(module, tx, lr, shardings, self.batch_sharding, mesh,
+                                            RULES)
     self.rng = jax.random.key(1)
 
   def run(self, steps: int, fed: bool = False) -> float:

@@ -150,5 +150,7 @@ def test_clear_errors(trained):
         model.train([("only an input",)], 1)
     with pytest.raises(TypeError, match="list of strings"):
         model.predict("one string")
+    with pytest.raises(ValueError, match="whole multiple of the 8 data-parallel devices"):
+        model.train(TASK, 1, batch_size=12)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         InteractiveModel.load("/nonexistent/dir")

@@ -75,9 +75,8 @@ class TrainStream:
                                shuffle=config.shuffle, seed=config.seed, num_epochs=None,
                                shard_info=shard_info())
         if start_batch:
-            ds = ds.skip(start_batch)
-        if start_batch:
             log.info("skipping the %d batches the checkpoint has consumed", start_batch)
+            ds = ds.skip(start_batch)
         self._iterator = tasks.as_numpy(ds, f"{config.mixture_or_task_name}/{config.split}")
         self.batches_consumed = start_batch
 
