@@ -6,6 +6,8 @@ pytest imports this before any test module, so the environment below is in place
 
 import os
 
+import pytest
+
 from models import runtime  # imports no jax
 
 # The entry points' XLA flags and PJRT_NPROC (jax 0.10.2 on a 2-core CPU can deadlock in
@@ -18,3 +20,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never download: Hugging Face models/tokenizers are built locally by the tests themselves.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def builtin_data():
+    """The built-in corpora and vocabulary (a no-op after `make test`'s prepare step)."""
+    from tasks import corpora, vocab  # noqa: PLC0415 (imports TensorFlow)
+
+    corpora.prepare(progress=False)
+    vocab.prepare_builtin(progress=False)

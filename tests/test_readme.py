@@ -116,12 +116,8 @@ def test_other_commands():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, builtin_data):
     """A tiny MODEL_DIR trained on the built-in translation task, for `runs/quickstart`."""
-    from tasks import corpora, vocab
-
-    corpora.prepare(progress=False)
-    vocab.prepare_builtin(progress=False)
     run = tmp_path_factory.mktemp("quickstart")
     train.train(model_dir=str(run), model_config=TINY, mixture_or_task_name="translate_en_de",
                 task_feature_lengths={"inputs": 32, "targets": 32}, train_steps=2, batch_size=8,

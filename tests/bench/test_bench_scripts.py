@@ -34,15 +34,6 @@ def test_decode_bench_runs_and_reports_ratios(capsys):
   assert result["ratio_vs_hf_greedy"] > 0 and result["ratio_vs_hf_beam"] > 0
 
 
-@pytest.fixture
-def builtin_data():
-  """The built-in corpora and vocabulary (a no-op after `make test`'s prepare step)."""
-  from tasks import corpora, vocab  # noqa: PLC0415 (imports TensorFlow)
-
-  corpora.prepare(progress=False)
-  vocab.prepare_builtin(progress=False)
-
-
 @pytest.mark.slow
 def test_pipeline_bench_runs_and_reports_ratios(capsys, builtin_data):
   from bench import pipeline  # noqa: PLC0415 (imports tasks: TensorFlow)
