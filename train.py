@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from models import runtime
 
-runtime.configure()  # XLA and TensorFlow settings, before either starts
+runtime.configure(reexec=__name__ == "__main__")  # XLA and TensorFlow settings, before either starts
 
 import argparse  # noqa: E402  (after runtime.configure)
 import difflib

@@ -36,7 +36,7 @@ import time
 
 from models import runtime
 
-runtime.configure()  # before JAX starts its backend
+runtime.configure(reexec=__name__ == "__main__")  # before JAX starts its backend
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache

@@ -6,6 +6,9 @@ T5.1.1-small shapes, Adafactor on both sides, no padding. HF runs in a child pro
 script (see `bench.util.PeerProcess`), its steps interleaved with ours. Also measures this
 machine's fp32 matmul ceiling (the faster of XLA and PyTorch on a large square matmul) so the
 GFLOP/s column reads as a fraction of what the hardware gives. Ends with one JSON line.
+
+Run as a script, it restarts once under glibc's hugetlb malloc tunable (models/runtime.py); the
+HF child inherits that environment, so both sides run under the same allocator settings.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 
 from models import runtime
 
-runtime.configure()  # before JAX starts its backend
+runtime.configure(reexec=__name__ == "__main__")  # before JAX starts its backend
 
 import flax.linen as nn
 import jax

@@ -74,6 +74,106 @@ def _mixed_dot_bwd(dtype, contract_dims, out_dtype, residuals, g):
 _mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
 
 
+def dot_product_attention(q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS=None,
+                          dropout_rate: float = 0.0):
+  """softmax(q·k + bias) · v for one layer, with T5X's roundings, and a backward pass of its own.
+
+  `bias_BHTS` is None, an array or a tuple of arrays, each broadcastable to [B, H, T, S] and
+  summed (keeping the mask and the position bias apart lets each take its gradient in its own
+  shape: the [1, H, T, S] position bias is summed over the batch here, per layer). `keep_BHTS`
+  is a dropout mask on the weights (kept entries scaled by 1/(1 - dropout_rate)).
+
+  Why a custom VJP: autodiff gives the backward matmuls float32 cotangents (float32 speed in a
+  bf16 model), and two of them, dV = Wᵀ·g and dK = dLᵀ·q, contract the query axis, which
+  XLA:CPU's fast dot (YNNPACK) cannot take as a left operand; they ran on Eigen at ~50 GFLOP/s.
+  Here they multiply in `dtype` and contract the query axis through `_contract_queries`.
+  """
+  biases = () if bias_BHTS is None else (
+      tuple(bias_BHTS) if isinstance(bias_BHTS, (tuple, list)) else (bias_BHTS,))
+  return _attention(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, jnp.dtype(dtype),
+                    float(dropout_rate))
+
+
+def _dropped(w_BHTS, keep_BHTS, rate):
+  """nn.Dropout's arithmetic: kept entries divided by the keep rate, in w's dtype."""
+  if keep_BHTS is None:
+    return w_BHTS
+  return jnp.where(keep_BHTS, w_BHTS / jnp.asarray(1.0 - rate, w_BHTS.dtype),
+                   jnp.zeros((), w_BHTS.dtype))
+
+
+def _contract_queries(a_BHTS, x_BTHK):
+  """Σ_t a[b,h,t,s] · x[b,t,h,k] → [B, H, S, K], float32.
+
+  Written with the query axis split in two (t = 2p + t'): XLA canonicalises a dot over two
+  contracting axes by transposing both operands into [batch, M, K]·[batch, K, N], which
+  YNNPACK runs (~150 vs ~55 GFLOP/s in bf16 on [8, 6, 512, 512]); a single query axis stays
+  an Eigen dot, which also rejects bf16 operands with a float32 result. Odd lengths multiply
+  in float32 (exact for bf16 inputs).
+  """
+  B, H, T, S = a_BHTS.shape
+  K = x_BTHK.shape[-1]
+  if T % 2:
+    return jnp.einsum("bhts,bthk->bhsk", a_BHTS.astype(jnp.float32), x_BTHK.astype(jnp.float32))
+  # the barrier keeps XLA's simplifier from folding the split back into one axis
+  a_BHPTS, x_BPTHK = jax.lax.optimization_barrier(
+      (a_BHTS.reshape(B, H, 2, T // 2, S), x_BTHK.reshape(B, 2, T // 2, H, K)))
+  return jnp.einsum("bhpts,bpthk->bhsk", a_BHPTS, x_BPTHK, preferred_element_type=jnp.float32)
+
+
+def _heads_to_length_major(x_BHTK):
+  """[B, H, T, K] → [B, T, H, K] after the product: asked for directly ("…->bthk"), XLA computes
+  the transposed product, which YNNPACK declines (an Eigen float32 dot, ~40 vs ~130 GFLOP/s)."""
+  return jnp.swapaxes(x_BHTK, 1, 2)
+
+
+def _sum_to_shape(x, shape):
+  """Sums x's broadcast axes so it has `shape` (the gradient of a broadcast)."""
+  axes = tuple(i for i, (n, m) in enumerate(zip(x.shape, shape)) if m == 1 and n != 1)
+  return jnp.sum(x, axis=axes, keepdims=True).reshape(shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _attention(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate):
+  return _attention_fwd(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate)[0]
+
+
+def _attention_fwd(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate):
+  # logits rounded to `dtype` (T5X's default), softmax in float32: in bf16 this halves the
+  # traffic of the largest tensors, [B, H, T, S].
+  logits_BHTS = jnp.einsum("bthk,bhsk->bhts", q_BTHK, k_BHSK,
+                           preferred_element_type=jnp.float32).astype(dtype)
+  logits_BHTS = logits_BHTS.astype(jnp.float32)
+  if biases:
+    # the terms summed first, then added: HF's order (position bias + mask, then + scores)
+    logits_BHTS = logits_BHTS + functools.reduce(jnp.add, biases)
+  w_BHTS = jax.nn.softmax(logits_BHTS, axis=-1).astype(dtype)
+  ctx_BHTK = jnp.einsum("bhts,bhsk->bhtk", _dropped(w_BHTS, keep_BHTS, rate), v_BHSK,
+                        preferred_element_type=jnp.float32).astype(dtype)
+  return _heads_to_length_major(ctx_BHTK), (q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, w_BHTS)
+
+
+def _attention_bwd(dtype, rate, residuals, g_BTHK):
+  q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, w_BHTS = residuals
+  g_BTHK = g_BTHK.astype(dtype)
+  dv_BHSK = _contract_queries(_dropped(w_BHTS, keep_BHTS, rate), g_BTHK)
+  dw_BHTS = _dropped(jnp.einsum("bthk,bhsk->bhts", g_BTHK, v_BHSK,
+                                preferred_element_type=jnp.float32), keep_BHTS, rate)
+  # softmax backward on the (rounded) weights the forward pass kept
+  w32_BHTS = w_BHTS.astype(jnp.float32)
+  dlogits_BHTS = w32_BHTS * (dw_BHTS - jnp.sum(dw_BHTS * w32_BHTS, axis=-1, keepdims=True))
+  dl_BHTS = dlogits_BHTS.astype(dtype)
+  dq_BTHK = _heads_to_length_major(
+      jnp.einsum("bhts,bhsk->bhtk", dl_BHTS, k_BHSK, preferred_element_type=jnp.float32))
+  dk_BHSK = _contract_queries(dl_BHTS, q_BTHK)
+  dbiases = tuple(_sum_to_shape(dlogits_BHTS, b.shape).astype(b.dtype) for b in biases)
+  return (dq_BTHK.astype(q_BTHK.dtype), dk_BHSK.astype(k_BHSK.dtype),
+          dv_BHSK.astype(v_BHSK.dtype), dbiases, None)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
 class RMSNorm(nn.Module):
   """T5 layer norm: scale only, no mean subtraction, computed in float32."""
   epsilon: float
@@ -222,18 +322,13 @@ class MultiHeadAttention(nn.Module):
     else:
       k_BHSK, v_BHSK = project_kv(x_kv_BSD)
 
-    # logits stored in `dtype` (T5X's default), softmax in float32: in bf16 this halves the
-    # traffic of the largest tensors, [B, H, T, S].
-    logits_BHTS = jnp.einsum("bthk,bhsk->bhts", q_BTHK, k_BHSK,
-                             preferred_element_type=jnp.float32).astype(dtype)
-    logits_BHTS = logits_BHTS.astype(jnp.float32)
-    if bias_BHTS is not None:
-      logits_BHTS = logits_BHTS + bias_BHTS
-    weights_BHTS = jax.nn.softmax(logits_BHTS, axis=-1).astype(dtype)
+    keep_BHTS = None
     if not self.deterministic and cfg.dropout_rate > 0:
-      weights_BHTS = nn.Dropout(cfg.dropout_rate)(weights_BHTS, deterministic=False)
-    ctx_BTHK = jnp.einsum("bhts,bhsk->bthk", weights_BHTS, v_BHSK,
-                          preferred_element_type=jnp.float32).astype(dtype)
+      B, T, S = x_q_BTD.shape[0], x_q_BTD.shape[1], k_BHSK.shape[2]
+      keep_BHTS = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.dropout_rate,
+                                       (B, H, T, S))
+    ctx_BTHK = dot_product_attention(q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS,
+                                     cfg.dropout_rate)
     ctx_BTHK = nn.with_logical_constraint(ctx_BTHK, ("batch", "length", "heads", "kv"))
     return dot(ctx_BTHK, out, dtype, contract_dims=2)
 

@@ -108,9 +108,10 @@ class Encoder(nn.Module):
     if segment_ids_BS is not None:
       key_ok = key_ok & (segment_ids_BS[:, None, :, None] == segment_ids_BS[:, None, None, :])
     pos = jnp.arange(S)
-    bias_BHSS = mask_to_bias(key_ok) + layers.RelativePositionBias(
+    # (mask, position bias): summed inside the attention, so each keeps its own gradient shape
+    bias_BHSS = (mask_to_bias(key_ok), layers.RelativePositionBias(
         cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-        bidirectional=True, name="relpos_bias")(pos, pos)
+        bidirectional=True, name="relpos_bias")(pos, pos))
     x = self.token_embedder(tokens_BS)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -130,9 +131,9 @@ class Decoder(nn.Module):
                encoded_BSD=None, cross_mask_BHTS=None, *, deterministic=True, decode=False,
                cache_index=None, max_length=None):
     cfg = self.config
-    bias = mask_to_bias(self_mask_BHTS) + layers.RelativePositionBias(
+    bias = (mask_to_bias(self_mask_BHTS), layers.RelativePositionBias(
         cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-        bidirectional=False, name="relpos_bias")(query_positions_T, key_positions_S)
+        bidirectional=False, name="relpos_bias")(query_positions_T, key_positions_S))
     cross_bias = None if cross_mask_BHTS is None else mask_to_bias(cross_mask_BHTS)
     x = self.token_embedder(tokens_BT)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
