@@ -50,7 +50,6 @@ def _drop_in_memory_task_notes(record: logging.LogRecord) -> bool:
             and not record.getMessage().startswith("Using an uncached FunctionDataset"))
 
 
-
 def default_vocabulary(cfg: T5Config) -> seqio.Vocabulary:
     """The vocabulary a config's `vocab_size` implies: bytes (384), the built-in SentencePiece
     model (8192) or mT5's (250112, when installed)."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from models import runtime
 
-runtime.configure(reexec=__name__ == "__main__")  # XLA and TensorFlow settings, before either starts
+# XLA and TensorFlow settings, before either starts (and, run as a script, the malloc restart)
+runtime.configure(reexec=__name__ == "__main__")
 
 import argparse  # noqa: E402  (after runtime.configure)
 import difflib
