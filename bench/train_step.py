@@ -7,7 +7,7 @@ script (see `bench.util.PeerProcess`), its steps interleaved with ours. Also mea
 machine's fp32 matmul ceiling (the faster of XLA and PyTorch on a large square matmul) so the
 GFLOP/s column reads as a fraction of what the hardware gives. Ends with one JSON line.
 
-Run as a script, it restarts once under glibc's hugetlb malloc tunable (models/runtime.py); the
+Run as a script, it restarts once under glibc malloc tunables (models/runtime.py); the
 HF child inherits that environment, so both sides run under the same allocator settings.
 """
 

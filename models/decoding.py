@@ -153,6 +153,16 @@ def _column(seq_BN, pos):
 # Greedy and temperature sampling
 
 
+def first_argmax(x_BV):
+  """`jnp.argmax(x_BV, axis=-1)` (the first index of the row maximum) as two plain reductions:
+  XLA:CPU runs argmax's (value, index) reduce at ~0.7 ms on [8, 32128], 3% of a greedy step.
+  A row with NaN gives the last index, not the NaN's."""
+  V = x_BV.shape[-1]
+  is_max_BV = x_BV == jnp.max(x_BV, axis=-1, keepdims=True)
+  first_B = jnp.min(jnp.where(is_max_BV, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+  return jnp.minimum(first_B, V - 1)
+
+
 def _filter_logits(logits_BV, top_k: int, top_p: float):
   """Masks (to -inf) tokens outside the top-k and outside the top-p nucleus."""
   if top_k > 0 and top_k < logits_BV.shape[-1]:
@@ -188,7 +198,7 @@ def _sample_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
     pos = i + 1
     logits_BV = logits_BV.astype(jnp.float32)
     if greedy:
-      tok_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+      tok_B = first_argmax(logits_BV)
     else:
       filtered = _filter_logits(logits_BV / temperature, top_k, top_p)
       tok_B = jax.random.categorical(jax.random.fold_in(rng, pos), filtered).astype(jnp.int32)
@@ -301,8 +311,7 @@ def _copy_rows(cache, src_R, dst_R, count, length):
 
   Only the first `length` positions (those written so far) are copied, in blocks of
   `_COPY_BLOCK`; later positions are rewritten before any query can see them. Cross-attention
-  K/V are the same for all beams of an example and rows are only copied within an example, so
-  they are skipped.
+  K/V have one row per example, shared by its beams: they are skipped.
   """
   leaves = [x for p, x in jax.tree_util.tree_leaves_with_path(cache)
             if not _is_cross_attention_path(p)]
@@ -360,10 +369,13 @@ def _beam_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
       module, params, encoder_input_tokens, decoder_prompt_tokens, decoder_prompt_lengths,
       N - 1, prefix_lm)
   B, V = prompt_BP.shape[0], logits_BPV.shape[-1]
-  # fold beams into the batch: cache row b * K + s is slot s of example b.
+  # fold beams into the batch: self-attention cache row b * K + s is slot s of example b. The
+  # encoder output and cross-attention K/V keep one row per example, shared by its beams.
   expand = lambda x: None if x is None else jnp.repeat(x, K, axis=0)
-  cache = jax.tree_util.tree_map(expand, cache)
-  enc_args = tuple(expand(x) for x in enc_args)
+  cache = jax.tree_util.tree_map_with_path(
+      lambda path, x: x if _is_cross_attention_path(path) else expand(x), cache)
+  encoded, enc_tokens, prefix_B = enc_args
+  enc_args = (encoded, enc_tokens, expand(prefix_B))
 
   seq_BN = jnp.zeros((B, N), jnp.int32).at[:, :P].set(prompt_BP)
   seq_BN = jnp.where(jnp.arange(N) < prompt_len_B[:, None], seq_BN, 0)
@@ -466,8 +478,9 @@ def beam_search(module, params, *, encoder_input_tokens=None, decoder_prompt_tok
   Each step expands the alive beams into their 2K best continuations; those ending in EOS (or
   reaching `max_decode_length`) join the finished set with score log_prob / length_penalty,
   the best K others stay alive. Stops early once no alive beam can beat the worst finished one
-  (exact for alpha >= 0). Beams are folded into the batch (B * K rows of one `decode_step`);
-  a step copies only the cache rows of beams that branched off a shared parent (see
+  (exact for alpha >= 0). Beams are folded into the batch (B * K rows of one `decode_step`),
+  except the cross-attention K/V, which keep one row per example for all its beams; a step
+  copies only the cache rows of beams that branched off a shared parent (see
   `_assign_slots`) rather than gathering the whole cache. Log-probs are the model's
   (log_softmax of the logits). Returns tokens [B, K, L] and scores [B, K], best first.
   """

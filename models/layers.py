@@ -275,7 +275,10 @@ class MultiHeadAttention(nn.Module):
       [cache_index, cache_index + T) of a [B, H, max_length, K] buffer, and the queries attend
       over the whole buffer (the caller's bias masks unwritten/future slots);
     * cross-attention (`cache_index` None): K/V are computed from `x_kv` on the first call and
-      read back on later ones, so the encoder output is projected once per decode.
+      read back on later ones, so the encoder output is projected once per decode. The cache
+      may hold fewer rows than the queries: each K/V row then serves `B / rows` consecutive
+      query rows (beam search keeps one row per example for all its beams), and `bias_BHTS`
+      has the cache's rows (or 1).
   """
   config: T5Config
   deterministic: bool = True
@@ -322,13 +325,18 @@ class MultiHeadAttention(nn.Module):
     else:
       k_BHSK, v_BHSK = project_kv(x_kv_BSD)
 
+    B, T = x_q_BTD.shape[:2]
+    group = B // k_BHSK.shape[0]
+    if group > 1:
+      # cached K/V rows shared by `group` consecutive query rows (the beams of one example):
+      # their queries attend as one longer query block, so the K/V are read once, not per beam.
+      q_BTHK = q_BTHK.reshape(B // group, group * T, H, K)
     keep_BHTS = None
     if not self.deterministic and cfg.dropout_rate > 0:
-      B, T, S = x_q_BTD.shape[0], x_q_BTD.shape[1], k_BHSK.shape[2]
       keep_BHTS = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.dropout_rate,
-                                       (B, H, T, S))
+                                       (B, H, T, k_BHSK.shape[2]))
     ctx_BTHK = dot_product_attention(q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS,
-                                     cfg.dropout_rate)
+                                     cfg.dropout_rate).reshape(B, T, H, K)
     ctx_BTHK = nn.with_logical_constraint(ctx_BTHK, ("batch", "length", "heads", "kv"))
     return dot(ctx_BTHK, out, dtype, contract_dims=2)
 

@@ -5,13 +5,17 @@ Measured on the 2-core CPU (python -m bench.train_step, T5.1.1-small step): oneD
 and the plain scheduler take a bf16 step from 5.5 s to 4.8 s and an fp32 step from 8.3 s to 6.8 s.
 
 `configure(reexec=True)`, which only a `__main__` may ask for, also restarts the process once
-under glibc's `hugetlb` malloc tunable. XLA:CPU mallocs each step's temporaries afresh (2.4 GB
-for the T5.1.1-small step), glibc serves them with a new mmap, and the kernel then faults them
-in 4 KiB at a time: ~850k page faults and ~2.5 s of system time per step. With the tunable those
-mappings get transparent huge pages (2 MiB): ~40-70k faults and ~1 s (tests/models/test_runtime.py
-checks the effect on a plain malloc). glibc reads tunables only at start-up, hence the restart;
-`XT5_NO_REEXEC=1` turns it off, and a notebook or pytest never restarts (export
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1 before starting Jupyter for the same effect).
+under glibc malloc tunables (`MALLOC_TUNABLES`). XLA:CPU mallocs each step's temporaries afresh
+(2.4 GB for the T5.1.1-small step); by default glibc serves such a block with a new mmap and
+unmaps it on free, and the kernel faults it back in 4 KiB at a time on every step: ~850k page
+faults and ~2.5 s of system time per bf16 step, more when another process (the benchmarks' HF
+peer) has just churned memory. With the tunables, big blocks come from one brk heap that is
+never trimmed, in 2 MiB pages: after the first steps a step takes no page faults at all (~0.4 s
+of system time). The price: the resident set never shrinks from its peak (4.0-6.1 GB for that
+step, against 3.9-4.3 GB). tests/models/test_runtime.py checks the effect on a plain malloc. glibc reads
+tunables only at start-up, hence the restart; `XT5_NO_REEXEC=1` turns it off, and a notebook or
+pytest never restarts (export GLIBC_TUNABLES with `MALLOC_TUNABLES` joined by ':' before
+starting Jupyter for the same effect); a tunable already in GLIBC_TUNABLES keeps its value.
 """
 
 from __future__ import annotations
@@ -25,14 +29,19 @@ CPU_XLA_FLAGS = (
     # the concurrency-optimised scheduler runs big matmuls side by side on 2 cores, each slower.
     "--xla_cpu_enable_concurrency_optimized_scheduler=false",
 )
-MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"  # madvise(MADV_HUGEPAGE) on malloc's mmaps
+MALLOC_TUNABLES = (
+    "glibc.malloc.arena_max=1",  # every thread on the main arena, whose heap grows with brk
+    "glibc.malloc.mmap_max=0",  # big blocks from that heap, not from a fresh mmap each
+    "glibc.malloc.trim_threshold=1099511627776",  # 1 TiB: freed memory stays for the next step
+    "glibc.malloc.hugetlb=1",  # madvise(MADV_HUGEPAGE): the heap in 2 MiB pages
+)
 
 
 def configure(environ=os.environ, extra_xla_flags=(), reexec: bool = False) -> None:
   """Appends xt5's XLA CPU flags and `extra_xla_flags` (each unless its name is already set)
-  and PJRT_NPROC (DESIGN §6); with `reexec`, first restarts under `MALLOC_TUNABLE` (above)."""
+  and PJRT_NPROC (DESIGN §6); with `reexec`, first restarts under `MALLOC_TUNABLES` (above)."""
   if reexec and needs_malloc_reexec(environ):
-    tunables = ":".join(filter(None, (environ.get("GLIBC_TUNABLES"), MALLOC_TUNABLE)))
+    tunables = ":".join(filter(None, (environ.get("GLIBC_TUNABLES"), *_missing_tunables(environ))))
     sys.stdout.flush()
     sys.stderr.flush()
     # sys.orig_argv keeps `-m module` and `-c code`, so the restart is the same command.
@@ -49,7 +58,13 @@ def configure(environ=os.environ, extra_xla_flags=(), reexec: bool = False) -> N
 
 
 def needs_malloc_reexec(environ=os.environ) -> bool:
-  """Whether a restart would add `MALLOC_TUNABLE`: Linux with glibc, not yet set, not opted out."""
+  """Whether a restart would add `MALLOC_TUNABLES`: Linux with glibc, one of them not yet set,
+  not opted out."""
   return (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-          and MALLOC_TUNABLE.split("=")[0] not in environ.get("GLIBC_TUNABLES", "")
-          and not environ.get("XT5_NO_REEXEC"))
+          and bool(_missing_tunables(environ)) and not environ.get("XT5_NO_REEXEC"))
+
+
+def _missing_tunables(environ):
+  """The entries of `MALLOC_TUNABLES` whose names GLIBC_TUNABLES does not set yet."""
+  names = {t.split("=")[0] for t in environ.get("GLIBC_TUNABLES", "").split(":")}
+  return [t for t in MALLOC_TUNABLES if t.split("=")[0] not in names]
