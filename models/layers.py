@@ -128,7 +128,16 @@ def _heads_to_length_major(x_BHTK):
 
 
 def _sum_to_shape(x, shape):
-  """Sums x's broadcast axes so it has `shape` (the gradient of a broadcast)."""
+  """Sums x's broadcast axes so it has `shape` (the gradient of a broadcast).
+
+  A broadcast leading (batch) axis is summed by halving, x[:n/2] + x[n/2:] until one row is
+  left: as a reduction, XLA:CPU merged the position-bias gradients of all layers into one
+  YNNPACK reduce over that axis, ~0.7 s of a 5 s bf16 T5.1.1-small step.
+  """
+  while shape[0] == 1 and x.shape[0] > 1:
+    n = x.shape[0] // 2
+    half = x[:n] + x[n:2 * n]
+    x = half.at[:1].add(x[2 * n:]) if x.shape[0] % 2 else half  # an odd row joins row 0
   axes = tuple(i for i, (n, m) in enumerate(zip(x.shape, shape)) if m == 1 and n != 1)
   return jnp.sum(x, axis=axes, keepdims=True).reshape(shape)
 

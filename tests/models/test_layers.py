@@ -70,11 +70,12 @@ def _attention_inputs(B, H, T, S, K, dtype, seed=0):
   return q, k, v, (mask, position), g, keep
 
 
-# T even takes _contract_queries' split path, T odd its float32 path; S ≠ T is cross-attention.
-@pytest.mark.parametrize("T,S", [(6, 6), (8, 5), (7, 7), (3, 10)])
+# T even takes _contract_queries' split path, T odd its float32 path; S ≠ T is cross-attention;
+# odd B the odd-row step of _sum_to_shape's halving batch sum (the position bias's gradient).
+@pytest.mark.parametrize("B,T,S", [(2, 6, 6), (3, 8, 5), (5, 7, 7), (2, 3, 10)])
 @pytest.mark.parametrize("dropout", [False, True])
-def test_float32_attention_and_grads_equal_autodiff(T, S, dropout):
-  q, k, v, biases, g, keep = _attention_inputs(2, 3, T, S, 4, jnp.float32)
+def test_float32_attention_and_grads_equal_autodiff(B, T, S, dropout):
+  q, k, v, biases, g, keep = _attention_inputs(B, 3, T, S, 4, jnp.float32)
   keep = keep[:, :, :T, :S] if dropout else None
 
   def loss(fn):
