@@ -12,10 +12,11 @@ faults and ~2.5 s of system time per bf16 step, more when another process (the b
 peer) has just churned memory. With the tunables, big blocks come from one brk heap that is
 never trimmed, in 2 MiB pages: after the first steps a step takes no page faults at all (~0.4 s
 of system time). The price: the resident set never shrinks from its peak (4.0-6.1 GB for that
-step, against 3.9-4.3 GB). tests/models/test_runtime.py checks the effect on a plain malloc. glibc reads
-tunables only at start-up, hence the restart; `XT5_NO_REEXEC=1` turns it off, and a notebook or
-pytest never restarts (export GLIBC_TUNABLES with `MALLOC_TUNABLES` joined by ':' before
-starting Jupyter for the same effect); a tunable already in GLIBC_TUNABLES keeps its value.
+step, against 3.9-4.3 GB). tests/models/test_runtime.py checks the effect on a plain malloc.
+glibc reads tunables only at start-up, hence the restart; `XT5_NO_REEXEC=1` turns it off, and a
+notebook or pytest never restarts (export GLIBC_TUNABLES with `MALLOC_TUNABLES` joined by ':'
+before starting Jupyter for the same effect); a tunable already in GLIBC_TUNABLES keeps its
+value.
 """
 
 from __future__ import annotations
