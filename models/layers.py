@@ -304,6 +304,7 @@ class MultiHeadAttention(nn.Module):
     value = _param(self, "value", _attn_init, (D, H, K), ("embed", "heads", "kv"))
     out = _param(self, "out", _attn_init, (H, K, D), ("heads", "kv", "embed"))
 
+    B, T = x_q_BTD.shape[:2]
     q_BTHK = dot(x_q_BTD, query, dtype)
     q_BTHK = nn.with_logical_constraint(q_BTHK, ("batch", "length", "heads", "kv"))
 
@@ -315,7 +316,6 @@ class MultiHeadAttention(nn.Module):
       return nn.with_logical_constraint(k, kv_axes), nn.with_logical_constraint(v, kv_axes)
 
     if self.decode and cache_index is not None:  # cached self-attention
-      B = x_q_BTD.shape[0]
       k_new, v_new = project_kv(x_kv_BSD)
       cached_k = self.variable("cache", "cached_key", jnp.zeros, (B, H, max_length, K), dtype)
       cached_v = self.variable("cache", "cached_value", jnp.zeros, (B, H, max_length, K), dtype)
@@ -334,7 +334,6 @@ class MultiHeadAttention(nn.Module):
     else:
       k_BHSK, v_BHSK = project_kv(x_kv_BSD)
 
-    B, T = x_q_BTD.shape[:2]
     group = B // k_BHSK.shape[0]
     if group > 1:
       # cached K/V rows shared by `group` consecutive query rows (the beams of one example):

@@ -13,6 +13,11 @@ def _plain(x, k, contract):
   return jax.lax.dot_general(x, k, dims)
 
 
+def _max_rel_err(a, b):
+  """max |a - b| / max |b|, with a cast to float32 (b is the float32 reference)."""
+  return float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.max(jnp.abs(b)))
+
+
 @pytest.mark.parametrize("x_shape,k_shape,contract", [
     ((2, 3, 8), (8, 5), 1),  # dense
     ((2, 3, 8), (8, 2, 4), 1),  # q/k/v projection to heads
@@ -42,8 +47,7 @@ def test_bfloat16_dot_keeps_param_grads_float32_and_close():
   dx, dk = jax.grad(loss, (0, 1))(x, k, jnp.bfloat16)
   assert dx.dtype == jnp.bfloat16 and dk.dtype == jnp.float32
   dx32, dk32 = jax.grad(loss, (0, 1))(x.astype(jnp.float32), k, jnp.float32)
-  rel = lambda a, b: float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.max(jnp.abs(b)))
-  assert rel(dk, dk32) < 2e-2 and rel(dx, dx32) < 2e-2
+  assert _max_rel_err(dk, dk32) < 2e-2 and _max_rel_err(dx, dx32) < 2e-2
 
 
 def _plain_attention(q, k, v, biases, dtype, keep, rate):
@@ -93,7 +97,6 @@ def test_float32_attention_and_grads_equal_autodiff(B, T, S, dropout):
 def test_bfloat16_attention_grads_close_to_float32_and_jit_on_real_shapes():
   """bf16 grads stay within bf16 rounding of the float32 ones, and the shapes the small model
   uses (encoder 512, decoder 114, cross 114×512) compile and run on XLA:CPU's bf16 paths."""
-  rel = lambda a, b: float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.max(jnp.abs(b)))
   for T, S in [(16, 16), (8, 24)]:
     q, k, v, biases, g, _ = _attention_inputs(2, 3, T, S, 8, jnp.float32, seed=T)
     loss = lambda q, k, v, pos, dt: jnp.sum(layers.dot_product_attention(
@@ -103,7 +106,7 @@ def test_bfloat16_attention_grads_close_to_float32_and_jit_on_real_shapes():
     grads32 = jax.grad(loss, (0, 1, 2, 3))(q, k, v, biases[1], jnp.float32)
     assert [x.dtype for x in grads] == [jnp.float32] * 4  # cast back to the primal dtypes
     for a, b in zip(grads, grads32):
-      assert rel(a, b) < 5e-2
+      assert _max_rel_err(a, b) < 5e-2
   for T, S in [(512, 512), (114, 114), (114, 512)]:
     q, k, v, biases, g, _ = _attention_inputs(1, 2, T, S, 64, jnp.bfloat16, seed=1)
     step = jax.jit(jax.grad(lambda q, k, v, pos: jnp.sum(layers.dot_product_attention(
