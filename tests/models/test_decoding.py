@@ -201,14 +201,6 @@ def test_greedy_decoder_only_prompts_match_no_cache_reference(scan_layers, prefi
   np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)
 
 
-def test_first_argmax_equals_argmax_with_ties():
-  rng = np.random.default_rng(0)
-  x = rng.integers(-3, 4, (64, 300)).astype(np.float32)  # many tied maxima per row
-  x[5] = 7.0  # a whole row tied
-  x[6, -1] = 9.0  # the maximum in the last column
-  np.testing.assert_array_equal(decoding.first_argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
-
-
 def test_greedy_matches_hf_generate():
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
