@@ -252,6 +252,20 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
   return offset + table[jnp.minimum(n, max_distance)]
 
 
+def _toeplitz(v_HL, T: int, S: int):
+  """[H, T, S] with out[h, t, s] = v[h, s - t + T - 1], for v of length L = T + S - 1.
+
+  Built by tiling v with period L + 1 and re-reading it in rows of L, so each row starts one
+  step further back. Its gradient is then a pad, reshape and sum over T, which XLA fuses into one
+  pass; the gradient of a [T, S] gather is a scatter-add that XLA:CPU runs after a strided
+  reorder of the whole [H, T, S] gradient.
+  """
+  H, L = v_HL.shape
+  tiled = jnp.tile(jnp.pad(v_HL, ((0, 0), (0, 1))), (1, T))  # [H, T * (L + 1)]
+  # row t, column j holds v[(j - t) mod (L + 1)]; columns T - 1 + s never wrap
+  return tiled[:, :T * L].reshape(H, T, L)[:, :, T - 1:]
+
+
 class RelativePositionBias(nn.Module):
   """Per-head scalar bias from bucketed relative positions; one per stack, shared by its layers."""
   num_heads: int
@@ -260,16 +274,17 @@ class RelativePositionBias(nn.Module):
   bidirectional: bool
 
   @nn.compact
-  def __call__(self, query_positions_T, key_positions_S):
+  def __call__(self, query_length: int, key_length: int, query_offset=0):
+    """Bias [1, H, T, S] for queries at positions query_offset + [0, T) and keys at [0, S)."""
     rel_embedding = _param(self, "rel_embedding",
                            nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
                            (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
-    buckets_TS = relative_position_bucket(
-        key_positions_S[None, :] - query_positions_T[:, None], self.bidirectional,
-        self.num_buckets, self.max_distance)
-    # a gather: its gradient is a scatter-add into [H, buckets], far cheaper than contracting
-    # the [T, S] gradient with a [T, S, buckets] one-hot.
-    return jnp.take(rel_embedding, buckets_TS, axis=1)[None]  # [1, H, T, S]
+    T, S = query_length, key_length
+    # the bias depends only on key - query, so gather one value per distance: -(T-1)..S-1
+    distances_L = jnp.arange(T + S - 1) - (T - 1) - query_offset
+    buckets_L = relative_position_bucket(distances_L, self.bidirectional, self.num_buckets,
+                                         self.max_distance)
+    return _toeplitz(jnp.take(rel_embedding, buckets_L, axis=1), T, S)[None]
 
 
 # ----------------------------------------------------------------------------------------------

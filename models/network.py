@@ -107,11 +107,10 @@ class Encoder(nn.Module):
     key_ok = (tokens_BS > 0)[:, None, None, :]
     if segment_ids_BS is not None:
       key_ok = key_ok & (segment_ids_BS[:, None, :, None] == segment_ids_BS[:, None, None, :])
-    pos = jnp.arange(S)
     # (mask, position bias): summed inside the attention, so each keeps its own gradient shape
     bias_BHSS = (mask_to_bias(key_ok), layers.RelativePositionBias(
         cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-        bidirectional=True, name="relpos_bias")(pos, pos))
+        bidirectional=True, name="relpos_bias")(S, S))
     x = self.token_embedder(tokens_BS)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -127,13 +126,15 @@ class Decoder(nn.Module):
   token_embedder: layers.Embed
 
   @nn.compact
-  def __call__(self, tokens_BT, self_mask_BHTS, query_positions_T, key_positions_S,
-               encoded_BSD=None, cross_mask_BHTS=None, *, deterministic=True, decode=False,
-               cache_index=None, max_length=None):
+  def __call__(self, tokens_BT, self_mask_BHTS, encoded_BSD=None, cross_mask_BHTS=None, *,
+               deterministic=True, decode=False, cache_index=None, max_length=None):
     cfg = self.config
+    T = tokens_BT.shape[1]
+    # decoding: queries at [cache_index, cache_index + T) over the whole cache
+    key_length, query_offset = (max_length, cache_index) if decode else (T, 0)
     bias = (mask_to_bias(self_mask_BHTS), layers.RelativePositionBias(
         cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-        bidirectional=False, name="relpos_bias")(query_positions_T, key_positions_S))
+        bidirectional=False, name="relpos_bias")(T, key_length, query_offset))
     cross_bias = None if cross_mask_BHTS is None else mask_to_bias(cross_mask_BHTS)
     x = self.token_embedder(tokens_BT)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
@@ -213,7 +214,7 @@ class Transformer(nn.Module):
     if encoded is not None:
       cross_mask = (encoder_input_tokens > 0)[:, None, None, :] & _segment_mask(
           decoder_segment_ids, encoder_segment_ids)
-    return self.decoder(decoder_input_tokens, self_mask, pos, pos, encoded, cross_mask,
+    return self.decoder(decoder_input_tokens, self_mask, encoded, cross_mask,
                         deterministic=deterministic)
 
   def decode_step(self, decoder_input_tokens_BT, cache_index, max_length: int, encoded=None,
@@ -236,6 +237,6 @@ class Transformer(nn.Module):
     cross_mask = None
     if encoded is not None:
       cross_mask = (encoder_input_tokens > 0)[:, None, None, :]
-    return self.decoder(decoder_input_tokens_BT, self_mask, q_pos, k_pos, encoded, cross_mask,
+    return self.decoder(decoder_input_tokens_BT, self_mask, encoded, cross_mask,
                         deterministic=True, decode=True, cache_index=cache_index,
                         max_length=max_length)
