@@ -6,13 +6,15 @@ T5.1.1-small shapes, float32 on both sides, random weights: HF's init, saved wit
 `save_pretrained` by the peer process and loaded here through `models.convert.load_hf`. HF runs
 in a child process of this script (see `bench.util.PeerProcess`), its calls interleaved with
 ours. EOS is disabled on both sides (HF: `min_new_tokens`; xt5: an EOS id outside the
-vocabulary), so every run produces exactly `--new-tokens` tokens per sequence. Ends with one
-JSON line.
+vocabulary), so every run produces exactly `--new-tokens` tokens per sequence. xt5 also decodes
+with bfloat16 activations (the gin files' default; params stay float32) for reference; the
+ratios compare float32 with float32. Ends with one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 
 from models import runtime
@@ -70,10 +72,11 @@ def main(argv=None):
       cfg, params = convert.load_hf(hf_dir)
       # on the device once: the converter returns (often non-contiguous) numpy arrays.
       params = jax.device_put(params)
-      module = Transformer(cfg)
       no_eos = cfg.vocab_size  # never generated, so every row runs the full length
 
-      def ours(method):
+      def ours(method, dtype="float32"):
+        module = Transformer(dataclasses.replace(cfg, dtype=dtype))
+
         def run():
           out = decoding.decode(module, params, {"encoder_input_tokens": enc_np}, method=method,
                                 max_decode_length=L, num_beams=args.beams, eos_id=no_eos)
@@ -85,13 +88,15 @@ def main(argv=None):
           "hf greedy": peer["hf greedy"],
           f"xt5 beam{args.beams}": ours("beam"),
           f"hf beam{args.beams}": peer[f"hf beam{args.beams}"],
+          "xt5 greedy bf16": ours("greedy", "bfloat16"),
+          f"xt5 beam{args.beams} bf16": ours("beam", "bfloat16"),
       }, rounds=args.iters)
     finally:
       peer.close()
 
   new_tokens = args.batch * L
   print(f"t5.1.1-{args.model} decoding, batch {args.batch}, {args.inputs} input tokens, {L} new "
-        f"tokens, float32, {jax.devices()[0].device_kind}")
+        f"tokens, float32 (xt5 also bf16 activations), {jax.devices()[0].device_kind}")
   print_table(["run", "s", "new tokens/s"], [[k, t, new_tokens / t] for k, t in times.items()])
   emit_json({
       "bench": "decode",

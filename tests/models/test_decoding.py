@@ -348,6 +348,36 @@ def test_beam_scores_match_teacher_forcing(architecture, scan_layers):
       np.testing.assert_allclose(np.asarray(out.scores[:, k]), lp / penalty(lengths), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_copy_rows_copies_the_written_positions_of_each_row_exactly(dtype):
+  """The beam cache move: rows dst[j] <- src[j] for j < count over the first `length`
+  positions, bit for bit (bf16 goes through its uint16 bits). Other rows and cross-attention
+  leaves are left alone; a copied row's positions past `length` are don't-cares (whole blocks
+  are copied, and decoding rewrites those positions before reading them)."""
+  rng = np.random.default_rng(0)
+  R, H, N, Dh = 6, 2, 40, 3  # N > 2 blocks of _COPY_BLOCK, not a multiple of it
+  draw = lambda: rng.standard_normal((R, H, N, Dh)).astype(np.float32)
+  cache = {"layers_0": {"self_attention": {"cached_key": jnp.asarray(draw(), dtype),
+                                           "cached_value": jnp.asarray(draw(), jnp.float32)},
+                        "encoder_decoder_attention": {"cached_key": jnp.asarray(draw(), dtype)}}}
+  src, dst, count, length = np.array([0, 0, 4, 1, 1, 1]), np.array([2, 3, 5, 0, 0, 0]), 3, 37
+  out = jax.jit(decoding._copy_rows, static_argnums=4)(cache, jnp.asarray(src),
+                                                       jnp.asarray(dst), count, length)
+  bits = lambda x: np.asarray(x).view(np.uint8)
+  for (path, before), after in zip(jax.tree_util.tree_leaves_with_path(cache),
+                                   jax.tree_util.tree_leaves(out)):
+    assert after.dtype == before.dtype
+    expected, after = bits(before).copy(), bits(after)
+    if "encoder_decoder_attention" in jax.tree_util.keystr(path):
+      np.testing.assert_array_equal(after, expected)
+      continue
+    for j in range(count):
+      expected[dst[j], :, :length] = bits(before)[src[j], :, :length]
+    untouched = np.setdiff1d(np.arange(R), dst[:count])
+    np.testing.assert_array_equal(after[untouched], expected[untouched])
+    np.testing.assert_array_equal(after[:, :, :length], expected[:, :, :length])
+
+
 # ----------------------------------------------------------------------------------------------
 # Sampling
 
