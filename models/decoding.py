@@ -308,7 +308,7 @@ def _copy_rows(cache, src_R, dst_R, count, length):
   if not leaves:
     return cache
   # bf16 leaves are copied as their uint16 bits: XLA:CPU widens a bf16 dynamic-update-slice to
-  # float32 and back, a whole-buffer copy per block (6 s instead of 3 s for a T5.1.1-small beam).
+  # float32 and back, a whole-buffer copy per block (a bf16 T5.1.1-small beam: 7.2 s vs 2.6 s).
   as_bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
   dtypes = jax.tree_util.tree_map(lambda x: x.dtype, cache)
   cache = jax.tree_util.tree_map(as_bits, cache)
