@@ -303,34 +303,32 @@ def _copy_rows(cache, src_R, dst_R, count, length):
   `_COPY_BLOCK`; later positions are rewritten before any query can see them. Cross-attention
   K/V have one row per example, shared by its beams: they are skipped.
   """
-  leaves = [x for p, x in jax.tree_util.tree_leaves_with_path(cache)
-            if not _is_cross_attention_path(p)]
-  if not leaves:
+  flat, treedef = jax.tree_util.tree_flatten_with_path(cache)
+  leaves = [x for _, x in flat]
+  rows = [i for i, (path, _) in enumerate(flat) if not _is_cross_attention_path(path)]
+  if not rows:
     return cache
   # bf16 leaves are copied as their uint16 bits: XLA:CPU widens a bf16 dynamic-update-slice to
   # float32 and back, a whole-buffer copy per block (a bf16 T5.1.1-small beam: 7.2 s vs 2.6 s).
-  as_bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
-  dtypes = jax.tree_util.tree_map(lambda x: x.dtype, cache)
-  cache = jax.tree_util.tree_map(as_bits, cache)
-  N = leaves[0].shape[-2]
+  moved = [jax.lax.bitcast_convert_type(leaves[i], jnp.uint16)
+           if leaves[i].dtype == jnp.bfloat16 else leaves[i] for i in rows]
+  N = moved[0].shape[-2]
   blk = min(_COPY_BLOCK, N)
   nblk = (length + blk - 1) // blk  # blocks per row
 
   def body(carry):
-    t, cache = carry
+    t, xs = carry
     j, start = t // nblk, (t % nblk) * blk  # a block past N - blk is clamped: still correct
-    def copy(path, x):
-      if _is_cross_attention_path(path):
-        return x
+    def copy(x):
       size = (1,) + x.shape[1:-2] + (blk, x.shape[-1])
       idx = lambda row: (row,) + (0,) * (x.ndim - 3) + (start, 0)
       block = jax.lax.dynamic_slice(x, idx(src_R[j]), size)
       return jax.lax.dynamic_update_slice(x, block, idx(dst_R[j]))
-    return t + 1, jax.tree_util.tree_map_with_path(copy, cache)
-  cache = jax.lax.while_loop(lambda c: c[0] < count * nblk, body, (jnp.int32(0), cache))[1]
-  return jax.tree_util.tree_map(
-      lambda x, dtype: x if x.dtype == dtype else jax.lax.bitcast_convert_type(x, dtype),
-      cache, dtypes)
+    return t + 1, [copy(x) for x in xs]
+  moved = jax.lax.while_loop(lambda c: c[0] < count * nblk, body, (jnp.int32(0), moved))[1]
+  for i, x in zip(rows, moved):
+    leaves[i] = jax.lax.bitcast_convert_type(x, leaves[i].dtype)  # a no-op for unchanged dtypes
+  return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 # Block width of `_blocked_top_k`.
