@@ -427,7 +427,8 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
           partitioning_rules: str | Sequence = "data_parallel",
           initial_checkpoint_path: str | None = None,
           checkpoint_period: int = 1000, keep_checkpoints: int = 3, async_checkpoint: bool = True,
-          log_period: int = 100, eval_period: int | None = 1000, eval_split: str = "validation",
+          compress_checkpoints: bool = False, log_period: int = 100,
+          eval_period: int | None = 1000, eval_split: str = "validation",
           eval_batches: int | None = 20, infer_eval_examples: int | None = None,
           infer_eval_batch_size: int | None = None, decode_method: str = "greedy",
           num_beams: int = 4, alpha: float = 0.6, show_progress: bool = True) -> dict[str, float]:
@@ -443,7 +444,7 @@ def train(*, model_dir: str, model_config: T5Config, mixture_or_task_name: str,
     example = example_batch(converter, pack, task_feature_lengths, batch_size)
     shardings = state_lib.state_shardings(module, tx, example, mesh, partitioning_rules)
     ckpt = checkpoints.Checkpointer(os.path.join(model_dir, CHECKPOINTS), keep=keep_checkpoints,
-                                    async_save=async_checkpoint)
+                                    async_save=async_checkpoint, compress=compress_checkpoints)
     _write_config(model_dir, model_config)
 
     data_state = None

@@ -7,7 +7,7 @@ its last committed checkpoint. Built on orbax's `CheckpointManager` (async saves
     ckpt.close()                                                 # waits for the background write
 
 Layout of DIRECTORY:
-  <step>/state/                  orbax StandardSave of the state pytree (OCDBT, zarr3)
+  <step>/state/                  orbax PyTreeSave of the state pytree (OCDBT, zarr3)
   <step>/data_state/metadata     orbax JsonSave of the small data-pipeline dict
   <step>/_CHECKPOINT_METADATA, <step>/commit_success.txt      orbax's step metadata
   <step>/xt5_manifest.json       {"version": 1, "files": {relative path: {"size", "sha256"}}} of
@@ -16,6 +16,15 @@ Layout of DIRECTORY:
                                  read, removed by the next save
   <step>.corrupt-<unix time>/    a step that restore() found unusable, moved aside (never deleted)
                                  by the next save so keep-K retention cannot keep it over new work
+
+Cost to the training steps: a save blocks the caller only for the device->host copy; the write
+runs on tensorstore's thread pool. On a host with few cores that pool's CPU comes out of XLA's
+threads, so arrays are stored uncompressed by default (zstd, tensorstore's level 3, took ~200 ms of
+the pool's CPU per save of a 64 MB state against ~107 ms without, for files ~8% smaller), and
+save() lowers the pool's threads to nice 19 (Linux) so that they write in the cores' idle moments.
+The pool starts during a process's first save and grows now and then: threads that appear during
+a save are lowered by the next one. On the 2-core CPU (quickstart, a save every 20 steps), two A/B
+runs gave +6.7% and +13% s/step over no saves at normal priority, +3.8% and +3.4% lowered.
 
 Why it is safe: orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it when complete,
 so a killed save leaves no committed step. Orbax may load truncated or flipped array bytes
@@ -114,6 +123,39 @@ def verify_manifest(step_dir: str) -> str | None:
     return "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "") if problems else None
 
 
+def _restore_args(target: Any) -> Any:
+    """Orbax's restore arguments putting each array of `target` (arrays or ShapeDtypeStructs)
+    onto its sharding (this process's first device where it has none), shape and dtype."""
+    def args(t):
+        sharding = getattr(t, "sharding", None)
+        if sharding is None:
+            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=t.shape, dtype=t.dtype)
+
+    return jax.tree.map(args, target)
+
+
+_TENSORSTORE_THREAD = "ts_pool_worker"  # the name tensorstore gives its pool's threads
+
+
+def _renice_threads(name: str, nice: int) -> None:
+    """Raises the niceness of this process's threads called `name` to `nice` (Linux; elsewhere,
+    or where /proc is unreadable, nothing). Never lowers one: that needs privileges."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            if os.getpriority(os.PRIO_PROCESS, int(tid)) < nice:
+                os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
 def _disk_full(exc: BaseException | None) -> bool:
     """Whether ENOSPC/EDQUOT caused the exception (tensorstore reports it only as text)."""
     while exc is not None:
@@ -149,11 +191,15 @@ class Checkpointer:
 
     `async_save=False` makes every save() wait until its step is committed."""
 
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
+                 compress: bool = False, writer_nice: int | None = 19):
+        """`compress` stores arrays zstd-compressed (smaller files, about twice the writer's
+        CPU); `writer_nice` is the niceness given to tensorstore's writer threads on Linux, None
+        leaves them as they are. Restoring reads either kind of file."""
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep must be an int >= 1 (checkpoints to keep), got {keep!r}")
         self.directory = os.path.abspath(os.fspath(directory))
-        self._keep, self._async = keep, async_save
+        self._keep, self._async, self._writer_nice = keep, async_save, writer_nice
         self._saving: int | None = None  # the step of the latest save started
         self._skipped: list[int] = []  # newer steps the last restore() found unusable
         options = ocp.CheckpointManagerOptions(
@@ -164,8 +210,10 @@ class Checkpointer:
             # Always orbax's async checkpointer: the manifest hook needs it; async_save=False waits.
             enable_async_checkpointing=True,
             async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest))
+        handlers = {"state": ocp.PyTreeCheckpointHandler(use_compression=compress),
+                    "data_state": ocp.JsonCheckpointHandler()}
         self._mngr = ocp.CheckpointManager(self.directory, options=options,
-                                           item_names=("state", "data_state"))
+                                           item_handlers=handlers)
 
     def steps(self) -> list[int]:
         """Committed steps, ascending."""
@@ -205,12 +253,14 @@ class Checkpointer:
             raise CheckpointError(problem)
         self._mngr.reload()  # orbax's list of steps must match the disk for keep-K
         self._saving = step
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+        args = ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                   data_state=ocp.args.JsonSave(data_state))
         try:
             self._mngr.save(step, args=args, force=True)  # force: orbax may not skip it silently
         except Exception as e:
             raise self._failed(step, e) from e
+        if self._writer_nice is not None:
+            _renice_threads(_TENSORSTORE_THREAD, self._writer_nice)
         if wait or not self._async:
             self.wait()
 
@@ -219,8 +269,9 @@ class Checkpointer:
 
         `target` is a pytree like the state of arrays or of `jax.ShapeDtypeStruct`s with
         shardings: the state is restored onto those shardings, whatever mesh saved it."""
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                  data_state=ocp.args.JsonRestore())
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target)),
+            data_state=ocp.args.JsonRestore())
 
         def load(s):
             restored = self._mngr.restore(s, args=args)
@@ -231,11 +282,9 @@ class Checkpointer:
     def restore_params(self, target_params: Any, step: int | None = None) -> tuple[int, Any]:
         """(step, params): only the state's "params" subtree, onto `target_params`' shardings;
         what evaluation, inference and finetuning need (no optimizer state, so no optimizer)."""
-        restore_args = jax.tree.map(
-            lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape,
-                                           dtype=t.dtype), target_params)
         args = ocp.args.PyTreeRestore(item={"params": target_params},
-                                      restore_args={"params": restore_args}, partial_restore=True)
+                                      restore_args={"params": _restore_args(target_params)},
+                                      partial_restore=True)
 
         def load(s):
             with ocp.PyTreeCheckpointer() as reader:

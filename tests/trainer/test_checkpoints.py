@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -297,3 +298,63 @@ def test_bad_requests_are_refused_with_the_fix(tmp_path):
     with pytest.raises(CheckpointError, match=r"step 9 does not exist.*\[5\]"):
         ckpt.restore(abstract(small_state(0)), step=9)
     assert ckpt.steps() == [5]
+
+
+def test_arrays_are_stored_uncompressed_unless_asked(tmp_path):
+    state = {"step": jnp.int32(1), "w": jnp.zeros((1 << 18,), jnp.float32)}  # 1 MB of zeros
+    sizes = {}
+    for compress in (False, True):
+        directory = tmp_path / f"compress_{compress}"
+        with Checkpointer(str(directory), compress=compress) as ckpt:
+            ckpt.save(1, state, {})
+        sizes[compress] = os.path.getsize(data_file(directory / "1"))
+        _, restored, _ = Checkpointer(str(directory)).restore(abstract(state))
+        assert_identical(restored, state)
+    assert sizes[False] >= 1 << 20 > 100 * sizes[True]  # zstd squeezes zeros to almost nothing
+
+
+def thread_nices(name):
+    """{native thread id: niceness} of this process's threads called `name`."""
+    nices = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() == name:
+                    nices[int(tid)] = os.getpriority(os.PRIO_PROCESS, int(tid))
+        except OSError:  # ended meanwhile
+            pass
+    return nices
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread niceness is Linux's")
+def test_save_lowers_the_tensorstore_writer_threads_to_nice_19(tmp_path):
+    # a stand-in writer thread, present before any save, with the name tensorstore gives its pool
+    named, release = threading.Event(), threading.Event()
+
+    def stand_in():
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(checkpoints._TENSORSTORE_THREAD)
+        named.set()
+        release.wait()
+
+    thread = threading.Thread(target=stand_in, daemon=True)
+    thread.start()
+    named.wait()
+    caller = threading.get_native_id()
+    caller_nice = os.getpriority(os.PRIO_PROCESS, caller)
+    try:
+        with Checkpointer(str(tmp_path / "left_alone"), writer_nice=None) as ckpt:
+            ckpt.save(1, big_state(1), {})
+        assert thread_nices(checkpoints._TENSORSTORE_THREAD)[thread.native_id] == caller_nice
+        with Checkpointer(str(tmp_path / "lowered")) as ckpt:
+            ckpt.save(1, big_state(1), {})
+            ckpt.wait()
+            pool = set(thread_nices(checkpoints._TENSORSTORE_THREAD)) - {thread.native_id}
+            assert pool  # tensorstore still names its threads so (else nothing gets lowered)
+            ckpt.save(2, big_state(2), {})
+            nices = thread_nices(checkpoints._TENSORSTORE_THREAD)
+        assert nices[thread.native_id] == 19
+        assert all(nices[tid] == 19 for tid in pool if tid in nices)  # the real pool, too
+        assert os.getpriority(os.PRIO_PROCESS, caller) == caller_nice  # the trainer's own thread
+    finally:
+        release.set()
