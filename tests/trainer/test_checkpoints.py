@@ -326,6 +326,19 @@ def thread_nices(name):
     return nices
 
 
+def test_writer_threads_are_lowered_before_the_write_starts(tmp_path, monkeypatch):
+    # during a write, orbax's Python threads hold the GIL between the scan's /proc reads
+    calls = []
+    monkeypatch.setattr(checkpoints, "_renice_threads", lambda name, nice: calls.append("renice"))
+    with Checkpointer(str(tmp_path)) as ckpt:
+        orbax_save = ckpt._mngr.save
+        monkeypatch.setattr(ckpt._mngr, "save", lambda *a, **k: (calls.append("write"),
+                                                                  orbax_save(*a, **k))[1])
+        ckpt.save(1, big_state(1), {})
+        ckpt.save(2, big_state(2), {})
+    assert calls == ["renice", "write"] * 2
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread niceness is Linux's")
 def test_save_lowers_the_tensorstore_writer_threads_to_nice_19(tmp_path):
     # a stand-in writer thread, present before any save, with the name tensorstore gives its pool
