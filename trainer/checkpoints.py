@@ -24,9 +24,10 @@ the pool's CPU per save of a 64 MB state against ~107 ms without, for files ~8% 
 save() lowers the pool's threads to nice 19 (Linux) so that they write in the cores' idle moments.
 It does so before it starts the write, when no save's Python threads compete with it for the GIL
 (~2 ms; right after the start it took 46 ms, median). The pool starts during a process's first
-save and grows now and then: threads that appear during a save are lowered by the next one. On
-the 2-core CPU (quickstart, a save every 20 steps), two A/B runs gave +6.7% and +13% s/step over
-no saves at normal priority, +3.8% and +3.4% lowered.
+save or restore (a save that starts it writes at normal priority) and grows now and then: threads
+that appear during a save are lowered by the next one. On the 2-core CPU (quickstart, a save every
+20 steps), two A/B runs gave +6.7% and +13% s/step over no saves at normal priority, +3.8% and
++3.4% lowered.
 
 Why it is safe: orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it when complete,
 so a killed save leaves no committed step. Orbax may load truncated or flipped array bytes
