@@ -141,20 +141,30 @@ def _restore_args(target: Any) -> Any:
 _TENSORSTORE_THREAD = "ts_pool_worker"  # the name tensorstore gives its pool's threads
 
 
-def _renice_threads(name: str, nice: int) -> None:
-    """Raises the niceness of this process's threads called `name` to `nice` (Linux; elsewhere,
-    or where /proc is unreadable, nothing). Never lowers one: that needs privileges."""
+def _thread_ids(name: str) -> list[int]:
+    """Native ids of this process's threads called `name` (Linux /proc; elsewhere, none)."""
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:
-        return
+        return []
+    found = []
     for tid in tids:
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
-                if f.read().strip() != name:
-                    continue
-            if os.getpriority(os.PRIO_PROCESS, int(tid)) < nice:
-                os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+                if f.read().strip() == name:
+                    found.append(int(tid))
+        except OSError:  # the thread ended meanwhile
+            pass
+    return found
+
+
+def _renice_threads(name: str, nice: int) -> None:
+    """Raises the niceness of this process's threads called `name` to `nice` (Linux; elsewhere,
+    or where /proc is unreadable, nothing). Never lowers one: that needs privileges."""
+    for tid in _thread_ids(name):
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
         except OSError:  # the thread ended meanwhile
             pass
 

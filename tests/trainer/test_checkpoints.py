@@ -316,11 +316,9 @@ def test_arrays_are_stored_uncompressed_unless_asked(tmp_path):
 def thread_nices(name):
     """{native thread id: niceness} of this process's threads called `name`."""
     nices = {}
-    for tid in os.listdir("/proc/self/task"):
+    for tid in checkpoints._thread_ids(name):
         try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                if f.read().strip() == name:
-                    nices[int(tid)] = os.getpriority(os.PRIO_PROCESS, int(tid))
+            nices[tid] = os.getpriority(os.PRIO_PROCESS, tid)
         except OSError:  # ended meanwhile
             pass
     return nices
@@ -332,8 +330,12 @@ def test_writer_threads_are_lowered_before_the_write_starts(tmp_path, monkeypatc
     monkeypatch.setattr(checkpoints, "_renice_threads", lambda name, nice: calls.append("renice"))
     with Checkpointer(str(tmp_path)) as ckpt:
         orbax_save = ckpt._mngr.save
-        monkeypatch.setattr(ckpt._mngr, "save", lambda *a, **k: (calls.append("write"),
-                                                                  orbax_save(*a, **k))[1])
+
+        def write(*args, **kwargs):
+            calls.append("write")
+            return orbax_save(*args, **kwargs)
+
+        monkeypatch.setattr(ckpt._mngr, "save", write)
         ckpt.save(1, big_state(1), {})
         ckpt.save(2, big_state(2), {})
     assert calls == ["renice", "write"] * 2
