@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Re-install only when the dependency list changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: venv prepare test quickstart bench clean
+.PHONY: venv prepare lint format test quickstart bench clean
 
 venv: $(STAMP)
 
@@ -22,7 +22,16 @@ $(STAMP): pyproject.toml
 prepare: venv
 	$(PY) -m tasks.corpora prepare
 
-test: prepare
+# One style (ruff's formatter, 2-space Google style) and ruff's lint rules; configured in pyproject.toml.
+lint: venv
+	$(PY) -m ruff format --check --quiet .
+	$(PY) -m ruff check --quiet .
+
+format: venv
+	$(PY) -m ruff format --quiet .
+	$(PY) -m ruff check --quiet --fix .
+
+test: lint prepare
 	$(PY) -m pytest -q -n 2
 
 # The main job: ~15 min on 2 CPU cores; writes runs/quickstart (rerun to resume).

@@ -38,325 +38,439 @@ from models import convert, partitioning
 from models.config import T5Config
 from trainer import data as data_lib
 from trainer import infer as infer_lib
-from trainer import optimizers, state as state_lib
+from trainer import optimizers
+from trainer import state as state_lib
 
 Examples = Sequence[tuple[str, str] | Mapping[str, str]]
 
 
 def _drop_in_memory_task_notes(record: logging.LogRecord) -> bool:
-    """seqio's advice to cache a FunctionDataSource before training is about resharding big
-    sources on restarts; for a list of pairs held in memory it only confuses."""
-    return (train_lib.drop_known_seqio_notes(record)
-            and not record.getMessage().startswith("Using an uncached FunctionDataset"))
+  """seqio's advice to cache a FunctionDataSource before training is about resharding big
+  sources on restarts; for a list of pairs held in memory it only confuses."""
+  return train_lib.drop_known_seqio_notes(record) and not record.getMessage().startswith(
+    "Using an uncached FunctionDataset"
+  )
 
 
 def default_vocabulary(cfg: T5Config) -> seqio.Vocabulary:
-    """The vocabulary a config's `vocab_size` implies: bytes (384), the built-in SentencePiece
-    model (8192) or mT5's (250112, when installed)."""
-    from tasks import vocab
+  """The vocabulary a config's `vocab_size` implies: bytes (384), the built-in SentencePiece
+  model (8192) or mT5's (250112, when installed)."""
+  from tasks import vocab
 
-    candidates = [("bytes", vocab.byte_vocabulary)]
-    if vocab.builtin_vocabulary_path().is_file():
-        candidates.append(("the built-in vocabulary", vocab.builtin_vocabulary))
-    if vocab.mt5_vocabulary_path().is_file():
-        candidates.append(("mT5's vocabulary", vocab.mt5_vocabulary))
-    for _, make in candidates:
-        vocabulary = make()
-        if vocab.padded_vocab_size(vocabulary) == cfg.vocab_size:
-            return vocabulary
-    raise ValueError(
-        f"no known vocabulary has vocab_size {cfg.vocab_size} (tried "
-        f"{', '.join(what for what, _ in candidates)}): pass vocabulary=<a seqio.Vocabulary, "
-        f"e.g. tasks.vocab.sentencepiece_vocabulary(PATH)> or the name of a task that uses it")
+  candidates = [("bytes", vocab.byte_vocabulary)]
+  if vocab.builtin_vocabulary_path().is_file():
+    candidates.append(("the built-in vocabulary", vocab.builtin_vocabulary))
+  if vocab.mt5_vocabulary_path().is_file():
+    candidates.append(("mT5's vocabulary", vocab.mt5_vocabulary))
+  for _, make in candidates:
+    vocabulary = make()
+    if vocab.padded_vocab_size(vocabulary) == cfg.vocab_size:
+      return vocabulary
+  raise ValueError(
+    f"no known vocabulary has vocab_size {cfg.vocab_size} (tried "
+    f"{', '.join(what for what, _ in candidates)}): pass vocabulary=<a seqio.Vocabulary, "
+    f"e.g. tasks.vocab.sentencepiece_vocabulary(PATH)> or the name of a task that uses it"
+  )
 
 
 def _language_name(language: str) -> str:
-    from tasks import preprocessors
+  from tasks import preprocessors
 
-    if language in preprocessors.LANGUAGE_NAMES.values():
-        return language
-    return preprocessors.language_name(language)
+  if language in preprocessors.LANGUAGE_NAMES.values():
+    return language
+  return preprocessors.language_name(language)
 
 
 class InteractiveModel:
-    """A T5-family encoder-decoder model and its train state, on a mesh, in memory.
+  """A T5-family encoder-decoder model and its train state, on a mesh, in memory.
 
-    Params come from a checkpoint (`load`) or a fresh init. Decoding, scoring and evaluation
-    use the current params; `train` updates them (the optimizer state is created on first use
-    and kept across calls, as is each dataset's position). As with train.py's
-    INITIAL_CHECKPOINT_PATH, only params are loaded: `step` counts this object's train steps.
-    """
+  Params come from a checkpoint (`load`) or a fresh init. Decoding, scoring and evaluation
+  use the current params; `train` updates them (the optimizer state is created on first use
+  and kept across calls, as is each dataset's position). As with train.py's
+  INITIAL_CHECKPOINT_PATH, only params are loaded: `step` counts this object's train steps.
+  """
 
-    def __init__(self, model_config: T5Config, params: Any = None, *,
-                 checkpoint_path: str | None = None,
-                 vocabulary: seqio.Vocabulary | str | None = None,
-                 task_feature_lengths: Mapping[str, int] | None = None, batch_size: int = 8,
-                 optimizer: Callable = optimizers.adafactor,
-                 learning_rate: Callable | float = optimizers.constant(1e-3),
-                 clip_grad_norm: float | None = None, z_loss: float = 1e-4,
-                 label_smoothing: float = 0.0, loss_normalizing_factor="per_token",
-                 mesh_shape: Mapping[str, int] | None = None,
-                 partitioning_rules: str | Sequence = "data_parallel", seed: int = 0):
-        """`params` (a pytree in the config's layout) or `checkpoint_path`, else a random init
-        from `seed`. `vocabulary`: a seqio vocabulary, or a task whose inputs vocabulary to use
-        (default: the one `model_config.vocab_size` implies). `task_feature_lengths` and
-        `batch_size` are the defaults of every call; `optimizer`, `learning_rate` (default: the
-        finetuning constant 1e-3) and the loss options are those of `train`."""
-        if model_config.architecture != "encoder_decoder":
-            raise ValueError(f"InteractiveModel handles encoder-decoder models; this config is "
-                             f"{model_config.architecture!r} (train it with train.train)")
-        if params is not None and checkpoint_path is not None:
-            raise ValueError("pass params or checkpoint_path, not both")
-        logging.getLogger("absl").addFilter(_drop_in_memory_task_notes)  # once per process
-        self.config = model_config
-        self.vocabulary = self._vocabulary(vocabulary)
-        self.task_feature_lengths = dict(task_feature_lengths or {"inputs": 128, "targets": 128})
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rules = partitioning_rules
-        self.mesh, self.batch_sharding, self.module = train_lib.setup_model(
-            model_config, mesh_shape, partitioning_rules)
-        self.learning_rate = learning_rate
-        self.tx = optimizers.make_optimizer(optimizer, learning_rate, clip_grad_norm)
-        self._loss = dict(z_loss=z_loss, label_smoothing=label_smoothing,
-                          loss_normalizing_factor=loss_normalizing_factor)
-        example = self._example_batch = self._example(self.task_feature_lengths,
-                                                      self._round(batch_size))
-        self._shardings = state_lib.state_shardings(self.module, self.tx, example, self.mesh,
-                                                    partitioning_rules)
-        param_shardings = self._shardings["params"]
-        if checkpoint_path is not None:
-            params = train_lib.load_params(checkpoint_path, model_config, param_shardings)
-        elif params is None:
-            params, _ = partitioning.init_sharded(self.module, jax.random.key(seed), example,
-                                                  self.mesh, partitioning_rules)
-        else:
-            convert.check_params(params, model_config, "params")
-            params = jax.tree.map(jax.device_put, params, param_shardings)
-        self._params = params
-        self._opt_state = None
-        self.step = 0
-        self.history: list[dict[str, float]] = []  # every train() log record, across calls
-        self._train_step = None
-        self._eval_step = None
-        self._streams: dict[tuple, data_lib.TrainStream] = {}
-        self._evaluators: dict[tuple, Any] = {}
+  def __init__(
+    self,
+    model_config: T5Config,
+    params: Any = None,
+    *,
+    checkpoint_path: str | None = None,
+    vocabulary: seqio.Vocabulary | str | None = None,
+    task_feature_lengths: Mapping[str, int] | None = None,
+    batch_size: int = 8,
+    optimizer: Callable = optimizers.adafactor,
+    learning_rate: Callable | float = optimizers.constant(1e-3),
+    clip_grad_norm: float | None = None,
+    z_loss: float = 1e-4,
+    label_smoothing: float = 0.0,
+    loss_normalizing_factor="per_token",
+    mesh_shape: Mapping[str, int] | None = None,
+    partitioning_rules: str | Sequence = "data_parallel",
+    seed: int = 0,
+  ):
+    """`params` (a pytree in the config's layout) or `checkpoint_path`, else a random init
+    from `seed`. `vocabulary`: a seqio vocabulary, or a task whose inputs vocabulary to use
+    (default: the one `model_config.vocab_size` implies). `task_feature_lengths` and
+    `batch_size` are the defaults of every call; `optimizer`, `learning_rate` (default: the
+    finetuning constant 1e-3) and the loss options are those of `train`."""
+    if model_config.architecture != "encoder_decoder":
+      raise ValueError(
+        f"InteractiveModel handles encoder-decoder models; this config is "
+        f"{model_config.architecture!r} (train it with train.train)"
+      )
+    if params is not None and checkpoint_path is not None:
+      raise ValueError("pass params or checkpoint_path, not both")
+    logging.getLogger("absl").addFilter(_drop_in_memory_task_notes)  # once per process
+    self.config = model_config
+    self.vocabulary = self._vocabulary(vocabulary)
+    self.task_feature_lengths = dict(task_feature_lengths or {"inputs": 128, "targets": 128})
+    self.batch_size = batch_size
+    self.seed = seed
+    self.rules = partitioning_rules
+    self.mesh, self.batch_sharding, self.module = train_lib.setup_model(
+      model_config, mesh_shape, partitioning_rules
+    )
+    self.learning_rate = learning_rate
+    self.tx = optimizers.make_optimizer(optimizer, learning_rate, clip_grad_norm)
+    self._loss = dict(
+      z_loss=z_loss,
+      label_smoothing=label_smoothing,
+      loss_normalizing_factor=loss_normalizing_factor,
+    )
+    example = self._example_batch = self._example(
+      self.task_feature_lengths, self._round(batch_size)
+    )
+    self._shardings = state_lib.state_shardings(
+      self.module, self.tx, example, self.mesh, partitioning_rules
+    )
+    param_shardings = self._shardings["params"]
+    if checkpoint_path is not None:
+      params = train_lib.load_params(checkpoint_path, model_config, param_shardings)
+    elif params is None:
+      params, _ = partitioning.init_sharded(
+        self.module, jax.random.key(seed), example, self.mesh, partitioning_rules
+      )
+    else:
+      convert.check_params(params, model_config, "params")
+      params = jax.tree.map(jax.device_put, params, param_shardings)
+    self._params = params
+    self._opt_state = None
+    self.step = 0
+    self.history: list[dict[str, float]] = []  # every train() log record, across calls
+    self._train_step = None
+    self._eval_step = None
+    self._streams: dict[tuple, data_lib.TrainStream] = {}
+    self._evaluators: dict[tuple, Any] = {}
 
-    @classmethod
-    def load(cls, path: str, *, model_config: T5Config | None = None,
-             config_overrides: Mapping[str, Any] | None = None, **kwargs) -> InteractiveModel:
-        """A model from any checkpoint train.py reads: a training MODEL_DIR (its newest good
-        step), an xt5 checkpoint, a Hugging Face T5 directory or a T5X checkpoint. The config
-        is read from it unless given; `config_overrides` replace fields (e.g.
-        `{"dtype": "float32"}`)."""
-        cfg = model_config or train_lib.read_model_config(path)
-        if config_overrides:
-            cfg = cfg.replace(**config_overrides)
-        return cls(cfg, checkpoint_path=path, **kwargs)
+  @classmethod
+  def load(
+    cls,
+    path: str,
+    *,
+    model_config: T5Config | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+    **kwargs,
+  ) -> InteractiveModel:
+    """A model from any checkpoint train.py reads: a training MODEL_DIR (its newest good
+    step), an xt5 checkpoint, a Hugging Face T5 directory or a T5X checkpoint. The config
+    is read from it unless given; `config_overrides` replace fields (e.g.
+    `{"dtype": "float32"}`)."""
+    cfg = model_config or train_lib.read_model_config(path)
+    if config_overrides:
+      cfg = cfg.replace(**config_overrides)
+    return cls(cfg, checkpoint_path=path, **kwargs)
 
-    def __repr__(self) -> str:
-        n = sum(x.size for x in jax.tree.leaves(self._params))
-        return (f"InteractiveModel({n / 1e6:.1f}M params, d_model {self.config.d_model}, "
-                f"{self.config.num_encoder_layers}+{self.config.num_decoder_layers} layers, "
-                f"vocab {self.config.vocab_size}, step {self.step}, mesh {dict(self.mesh.shape)})")
+  def __repr__(self) -> str:
+    n = sum(x.size for x in jax.tree.leaves(self._params))
+    return (
+      f"InteractiveModel({n / 1e6:.1f}M params, d_model {self.config.d_model}, "
+      f"{self.config.num_encoder_layers}+{self.config.num_decoder_layers} layers, "
+      f"vocab {self.config.vocab_size}, step {self.step}, mesh {dict(self.mesh.shape)})"
+    )
 
-    # ------------------------------------------------------------------------------------------
-    # Pieces
+  # ------------------------------------------------------------------------------------------
+  # Pieces
 
-    def _vocabulary(self, vocabulary) -> seqio.Vocabulary:
-        from tasks import vocab
+  def _vocabulary(self, vocabulary) -> seqio.Vocabulary:
+    from tasks import vocab
 
-        if vocabulary is None:
-            return default_vocabulary(self.config)
-        if isinstance(vocabulary, str):
-            import tasks
+    if vocabulary is None:
+      return default_vocabulary(self.config)
+    if isinstance(vocabulary, str):
+      import tasks
 
-            vocabulary = tasks.get(vocabulary).output_features["inputs"].vocabulary
-        vocab.check_fits(vocabulary, self.config.vocab_size)
-        return vocabulary
+      vocabulary = tasks.get(vocabulary).output_features["inputs"].vocabulary
+    vocab.check_fits(vocabulary, self.config.vocab_size)
+    return vocabulary
 
-    def _round(self, batch_size: int) -> int:
-        return train_lib.round_batch_size(batch_size, self.mesh)
+  def _round(self, batch_size: int) -> int:
+    return train_lib.round_batch_size(batch_size, self.mesh)
 
-    @staticmethod
-    def _example(task_feature_lengths, batch_size):
-        return train_lib.example_batch("encoder_decoder", True, task_feature_lengths, batch_size)
+  @staticmethod
+  def _example(task_feature_lengths, batch_size):
+    return train_lib.example_batch("encoder_decoder", True, task_feature_lengths, batch_size)
 
-    @property
-    def params(self):
-        """The current params (a pytree of arrays on the mesh)."""
-        return self._params
+  @property
+  def params(self):
+    """The current params (a pytree of arrays on the mesh)."""
+    return self._params
 
-    def _lengths(self, task_feature_lengths) -> dict[str, int]:
-        return dict(task_feature_lengths or self.task_feature_lengths)
+  def _lengths(self, task_feature_lengths) -> dict[str, int]:
+    return dict(task_feature_lengths or self.task_feature_lengths)
 
-    def _task_name(self, data: str | Examples) -> str:
-        """A registered task/mixture name, or a task registered for in-memory examples (named
-        by their content, so the same list reuses one task)."""
-        import tasks
+  def _task_name(self, data: str | Examples) -> str:
+    """A registered task/mixture name, or a task registered for in-memory examples (named
+    by their content, so the same list reuses one task)."""
+    import tasks
 
-        if isinstance(data, str):
-            tasks.get(data)  # unknown names: an error with the close ones
-            train_lib.check_vocabulary(data, self.config)
-            return data
-        pairs = [(x["inputs"], x["targets"]) if isinstance(x, Mapping) else tuple(x)
-                 for x in data]
-        if any(len(p) != 2 for p in pairs):
-            raise ValueError("examples must be (input, target) pairs or "
-                             "{'inputs': ..., 'targets': ...} dicts")
-        digest = hashlib.sha1(json.dumps(
-            [pairs, type(self.vocabulary).__name__, self.vocabulary.vocab_size]).encode())
-        name = f"interactive_{digest.hexdigest()[:12]}"
-        if name not in seqio.TaskRegistry.names():
-            tasks.add_examples_task(name, pairs, self.vocabulary)
-        return name
+    if isinstance(data, str):
+      tasks.get(data)  # unknown names: an error with the close ones
+      train_lib.check_vocabulary(data, self.config)
+      return data
+    pairs = [(x["inputs"], x["targets"]) if isinstance(x, Mapping) else tuple(x) for x in data]
+    if any(len(p) != 2 for p in pairs):
+      raise ValueError(
+        "examples must be (input, target) pairs or {'inputs': ..., 'targets': ...} dicts"
+      )
+    digest = hashlib.sha1(
+      json.dumps([pairs, type(self.vocabulary).__name__, self.vocabulary.vocab_size]).encode()
+    )
+    name = f"interactive_{digest.hexdigest()[:12]}"
+    if name not in seqio.TaskRegistry.names():
+      tasks.add_examples_task(name, pairs, self.vocabulary)
+    return name
 
-    # ------------------------------------------------------------------------------------------
-    # Decoding and scoring
+  # ------------------------------------------------------------------------------------------
+  # Decoding and scoring
 
-    def predict(self, inputs: Sequence[str], *, method: str = "greedy", num_beams: int = 4,
-                alpha: float = 0.6, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                max_decode_length: int | None = None, seed: int | None = None,
-                batch_size: int | None = None,
-                return_scores: bool = False) -> list[str] | list[tuple[str, float]]:
-        """Decoded outputs of `inputs` (text, tokenized with the model's vocabulary and cut to
-        the inputs length). method: 'greedy', 'beam' (num_beams, alpha: T5X's length penalty)
-        or 'sample' (temperature, top_k, top_p; the same `seed` gives the same samples).
-        Scores: summed log-probabilities (beam: length-penalised)."""
-        lengths = self.task_feature_lengths
-        predict_fn = train_lib.make_predict_fn(
-            self.module, self._params, self.mesh, self.rules, self.batch_sharding,
-            max_decode_length=max_decode_length or lengths["targets"], method=method,
-            num_beams=num_beams, alpha=alpha, temperature=temperature, top_k=top_k,
-            top_p=top_p, seed=self.seed if seed is None else seed)
-        records = infer_lib.infer_texts(inputs, self.vocabulary, lengths["inputs"],
-                                        self._round(batch_size or self.batch_size), predict_fn)
-        if return_scores:
-            return [(r["prediction"], r["score"]) for r in records]
-        return [r["prediction"] for r in records]
+  def predict(
+    self,
+    inputs: Sequence[str],
+    *,
+    method: str = "greedy",
+    num_beams: int = 4,
+    alpha: float = 0.6,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    max_decode_length: int | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    return_scores: bool = False,
+  ) -> list[str] | list[tuple[str, float]]:
+    """Decoded outputs of `inputs` (text, tokenized with the model's vocabulary and cut to
+    the inputs length). method: 'greedy', 'beam' (num_beams, alpha: T5X's length penalty)
+    or 'sample' (temperature, top_k, top_p; the same `seed` gives the same samples).
+    Scores: summed log-probabilities (beam: length-penalised)."""
+    lengths = self.task_feature_lengths
+    predict_fn = train_lib.make_predict_fn(
+      self.module,
+      self._params,
+      self.mesh,
+      self.rules,
+      self.batch_sharding,
+      max_decode_length=max_decode_length or lengths["targets"],
+      method=method,
+      num_beams=num_beams,
+      alpha=alpha,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      seed=self.seed if seed is None else seed,
+    )
+    records = infer_lib.infer_texts(
+      inputs,
+      self.vocabulary,
+      lengths["inputs"],
+      self._round(batch_size or self.batch_size),
+      predict_fn,
+    )
+    if return_scores:
+      return [(r["prediction"], r["score"]) for r in records]
+    return [r["prediction"] for r in records]
 
-    def translate(self, texts: Sequence[str], *, target_language: str = "de",
-                  source_language: str = "en", **decode_options) -> list[str]:
-        """`predict` with T5's prompt, "translate English to German: <text>"; languages are
-        tags ('de') or English names ('German')."""
-        prefix = (f"translate {_language_name(source_language)} to "
-                  f"{_language_name(target_language)}: ")
-        return self.predict([prefix + t for t in texts], **decode_options)
+  def translate(
+    self,
+    texts: Sequence[str],
+    *,
+    target_language: str = "de",
+    source_language: str = "en",
+    **decode_options,
+  ) -> list[str]:
+    """`predict` with T5's prompt, "translate English to German: <text>"; languages are
+    tags ('de') or English names ('German')."""
+    prefix = f"translate {_language_name(source_language)} to {_language_name(target_language)}: "
+    return self.predict([prefix + t for t in texts], **decode_options)
 
-    def score(self, inputs: Sequence[str], targets: Sequence[str], *,
-              batch_size: int | None = None) -> np.ndarray:
-        """Log-likelihood of each target given its input, summed over the target's tokens
-        (EOS included) [len(inputs)]."""
-        lengths = self.task_feature_lengths
-        score_fn = train_lib.make_score_fn(self.module, self._params, self.mesh, self.rules,
-                                           self.batch_sharding)
-        records = infer_lib.infer_texts(inputs, self.vocabulary, lengths["inputs"],
-                                        self._round(batch_size or self.batch_size), None,
-                                        targets=targets, score_fn=score_fn, mode="score",
-                                        targets_length=lengths["targets"])
-        return np.array([r["score"] for r in records], np.float32)
+  def score(
+    self, inputs: Sequence[str], targets: Sequence[str], *, batch_size: int | None = None
+  ) -> np.ndarray:
+    """Log-likelihood of each target given its input, summed over the target's tokens
+    (EOS included) [len(inputs)]."""
+    lengths = self.task_feature_lengths
+    score_fn = train_lib.make_score_fn(
+      self.module, self._params, self.mesh, self.rules, self.batch_sharding
+    )
+    records = infer_lib.infer_texts(
+      inputs,
+      self.vocabulary,
+      lengths["inputs"],
+      self._round(batch_size or self.batch_size),
+      None,
+      targets=targets,
+      score_fn=score_fn,
+      mode="score",
+      targets_length=lengths["targets"],
+    )
+    return np.array([r["score"] for r in records], np.float32)
 
-    # ------------------------------------------------------------------------------------------
-    # Training and evaluation
+  # ------------------------------------------------------------------------------------------
+  # Training and evaluation
 
-    def _state(self) -> dict:
-        if self._opt_state is None:
-            self._opt_state = state_lib.init_state(
-                self.module, self.tx, None, self._example_batch, self.mesh, self.rules,
-                self._shardings, self._params)["opt_state"]
-        step = jax.device_put(np.int32(self.step), self._shardings["step"])
-        return {"step": step, "params": self._params, "opt_state": self._opt_state}
+  def _state(self) -> dict:
+    if self._opt_state is None:
+      self._opt_state = state_lib.init_state(
+        self.module,
+        self.tx,
+        None,
+        self._example_batch,
+        self.mesh,
+        self.rules,
+        self._shardings,
+        self._params,
+      )["opt_state"]
+    step = jax.device_put(np.int32(self.step), self._shardings["step"])
+    return {"step": step, "params": self._params, "opt_state": self._opt_state}
 
-    def train(self, data: str | Examples, steps: int, *, batch_size: int | None = None,
-              task_feature_lengths: Mapping[str, int] | None = None, pack: bool = True,
-              log_every: int = 10, show_progress: bool = True) -> list[dict[str, float]]:
-        """Runs `steps` steps of train.py's train step on a task or mixture name, or on a list
-        of (input, target) pairs (repeated and shuffled). Each dataset resumes where the last
-        call on it stopped. Returns a record per `log_every` steps ({"step", "train/loss",
-        "train/accuracy", ...}), also appended to `self.history`."""
-        name = self._task_name(data)
-        lengths = self._lengths(task_feature_lengths)
-        batch_size = batch_size or self.batch_size
-        train_lib.check_batch_size(batch_size, 1, self.mesh)
-        config = data_lib.DatasetConfig(name, lengths, "train", batch_size, "encoder_decoder",
-                                        pack, True, self.seed)
-        key = (name, tuple(sorted(lengths.items())), batch_size, pack)
-        if key not in self._streams:
-            self._streams[key] = data_lib.TrainStream(config)
-        stream = self._streams[key]
-        if self._train_step is None:
-            self._train_step = train_lib.make_train_step_fn(
-                self.module, self.tx, self.learning_rate, self._shardings, self.batch_sharding,
-                self.mesh, self.rules, **self._loss)
-        rng = jax.random.key(self.seed + 1)
-        state = self._state()
-        records, window = [], []
-        bar = tqdm.tqdm(total=steps, disable=not show_progress, unit="step", desc=name)
-        t_window = time.perf_counter()
-        try:
-            for i in range(steps):
-                batch = data_lib.global_batch(next(stream), self.batch_sharding)
-                state, step_metrics = self._train_step(state, batch, rng)
-                self.step += 1
-                window.append((self.step, step_metrics))
-                if len(window) == log_every or i == steps - 1:
-                    train_lib.check_finite(window)
-                    jax.block_until_ready(step_metrics)
-                    now = time.perf_counter()
-                    summary = train_lib.summarise_window(window, now - t_window, 0.0, None)
-                    t_window = now
-                    record = {"step": self.step, **{f"train/{k}": v for k, v in summary.items()}}
-                    records.append(record)
-                    self.history.append(record)
-                    bar.update(len(window))
-                    bar.set_postfix(loss=f"{record['train/loss']:.3f}")
-                    window = []
-        finally:
-            # the step donates its input state: keep the newest one, even after an interrupt
-            self._params, self._opt_state = state["params"], state["opt_state"]
-            bar.close()
-        return records
+  def train(
+    self,
+    data: str | Examples,
+    steps: int,
+    *,
+    batch_size: int | None = None,
+    task_feature_lengths: Mapping[str, int] | None = None,
+    pack: bool = True,
+    log_every: int = 10,
+    show_progress: bool = True,
+  ) -> list[dict[str, float]]:
+    """Runs `steps` steps of train.py's train step on a task or mixture name, or on a list
+    of (input, target) pairs (repeated and shuffled). Each dataset resumes where the last
+    call on it stopped. Returns a record per `log_every` steps ({"step", "train/loss",
+    "train/accuracy", ...}), also appended to `self.history`."""
+    name = self._task_name(data)
+    lengths = self._lengths(task_feature_lengths)
+    batch_size = batch_size or self.batch_size
+    train_lib.check_batch_size(batch_size, 1, self.mesh)
+    config = data_lib.DatasetConfig(
+      name, lengths, "train", batch_size, "encoder_decoder", pack, True, self.seed
+    )
+    key = (name, tuple(sorted(lengths.items())), batch_size, pack)
+    if key not in self._streams:
+      self._streams[key] = data_lib.TrainStream(config)
+    stream = self._streams[key]
+    if self._train_step is None:
+      self._train_step = train_lib.make_train_step_fn(
+        self.module,
+        self.tx,
+        self.learning_rate,
+        self._shardings,
+        self.batch_sharding,
+        self.mesh,
+        self.rules,
+        **self._loss,
+      )
+    rng = jax.random.key(self.seed + 1)
+    state = self._state()
+    records, window = [], []
+    bar = tqdm.tqdm(total=steps, disable=not show_progress, unit="step", desc=name)
+    t_window = time.perf_counter()
+    try:
+      for i in range(steps):
+        batch = data_lib.global_batch(next(stream), self.batch_sharding)
+        state, step_metrics = self._train_step(state, batch, rng)
+        self.step += 1
+        window.append((self.step, step_metrics))
+        if len(window) == log_every or i == steps - 1:
+          train_lib.check_finite(window)
+          jax.block_until_ready(step_metrics)
+          now = time.perf_counter()
+          summary = train_lib.summarise_window(window, now - t_window, 0.0, None)
+          t_window = now
+          record = {"step": self.step, **{f"train/{k}": v for k, v in summary.items()}}
+          records.append(record)
+          self.history.append(record)
+          bar.update(len(window))
+          bar.set_postfix(loss=f"{record['train/loss']:.3f}")
+          window = []
+    finally:
+      # the step donates its input state: keep the newest one, even after an interrupt
+      self._params, self._opt_state = state["params"], state["opt_state"]
+      bar.close()
+    return records
 
-    def evaluate(self, data: str | Examples, split: str = "validation", *,
-                 max_examples: int | None = None, eval_batches: int | None = None,
-                 method: str = "greedy", num_beams: int = 4, alpha: float = 0.6,
-                 batch_size: int | None = None,
-                 task_feature_lengths: Mapping[str, int] | None = None) -> dict[str, float]:
-        """What train.py's evaluation reports: teacher-forced loss/accuracy per task and, for
-        tasks with metrics, the metrics of decoded predictions (BLEU, chrF, ...), as
-        {"<task>/<metric>": value}. `max_examples` caps the decoded examples per task,
-        `eval_batches` the teacher-forced batches."""
-        name = self._task_name(data)
-        lengths = self._lengths(task_feature_lengths)
-        batch_size = self._round(batch_size or self.batch_size)
-        key = (name, split, tuple(sorted(lengths.items())), batch_size, max_examples)
-        if key not in self._evaluators:  # caches the split's examples, so build once
-            self._evaluators[key] = train_lib.make_inference_evaluator(
-                name, split, lengths, batch_size, max_examples=max_examples, seed=self.seed)
-        if self._eval_step is None:
-            self._eval_step = partitioning.jit(
-                state_lib.make_eval_step(self.module, z_loss=self._loss["z_loss"]), self.mesh,
-                self.rules)
-        return train_lib.evaluate_params(
-            self.module, self._params, self.mesh, self.rules, self.batch_sharding,
-            self._eval_step, self._evaluators[key], mixture_or_task_name=name, split=split,
-            task_feature_lengths=lengths, batch_size=batch_size, eval_batches=eval_batches,
-            decode_method=method, num_beams=num_beams, alpha=alpha, seed=self.seed,
-            step=self.step)
+  def evaluate(
+    self,
+    data: str | Examples,
+    split: str = "validation",
+    *,
+    max_examples: int | None = None,
+    eval_batches: int | None = None,
+    method: str = "greedy",
+    num_beams: int = 4,
+    alpha: float = 0.6,
+    batch_size: int | None = None,
+    task_feature_lengths: Mapping[str, int] | None = None,
+  ) -> dict[str, float]:
+    """What train.py's evaluation reports: teacher-forced loss/accuracy per task and, for
+    tasks with metrics, the metrics of decoded predictions (BLEU, chrF, ...), as
+    {"<task>/<metric>": value}. `max_examples` caps the decoded examples per task,
+    `eval_batches` the teacher-forced batches."""
+    name = self._task_name(data)
+    lengths = self._lengths(task_feature_lengths)
+    batch_size = self._round(batch_size or self.batch_size)
+    key = (name, split, tuple(sorted(lengths.items())), batch_size, max_examples)
+    if key not in self._evaluators:  # caches the split's examples, so build once
+      self._evaluators[key] = train_lib.make_inference_evaluator(
+        name, split, lengths, batch_size, max_examples=max_examples, seed=self.seed
+      )
+    if self._eval_step is None:
+      self._eval_step = partitioning.jit(
+        state_lib.make_eval_step(self.module, z_loss=self._loss["z_loss"]), self.mesh, self.rules
+      )
+    return train_lib.evaluate_params(
+      self.module,
+      self._params,
+      self.mesh,
+      self.rules,
+      self.batch_sharding,
+      self._eval_step,
+      self._evaluators[key],
+      mixture_or_task_name=name,
+      split=split,
+      task_feature_lengths=lengths,
+      batch_size=batch_size,
+      eval_batches=eval_batches,
+      decode_method=method,
+      num_beams=num_beams,
+      alpha=alpha,
+      seed=self.seed,
+      step=self.step,
+    )
 
-    # ------------------------------------------------------------------------------------------
-    # Saving
+  # ------------------------------------------------------------------------------------------
+  # Saving
 
-    def save(self, directory: str, *, overwrite: bool = False) -> str:
-        """An xt5 checkpoint (params/, config.json, model.gin) of the current params, which
-        `load`, train.py's INITIAL_CHECKPOINT_PATH and `python -m models.convert to-hf` read.
-        An existing checkpoint there is an error unless `overwrite`."""
-        directory = os.path.abspath(os.path.expanduser(directory))
-        model_checkpoint.save_checkpoint(directory, self.config, self._params, force=overwrite)
-        return directory
+  def save(self, directory: str, *, overwrite: bool = False) -> str:
+    """An xt5 checkpoint (params/, config.json, model.gin) of the current params, which
+    `load`, train.py's INITIAL_CHECKPOINT_PATH and `python -m models.convert to-hf` read.
+    An existing checkpoint there is an error unless `overwrite`."""
+    directory = os.path.abspath(os.path.expanduser(directory))
+    model_checkpoint.save_checkpoint(directory, self.config, self._params, force=overwrite)
+    return directory
 
-    def save_hf(self, hf_dir: str) -> str:
-        """A Hugging Face directory that `T5ForConditionalGeneration.from_pretrained` loads."""
-        hf_dir = os.path.abspath(os.path.expanduser(hf_dir))
-        convert.save_hf(self._params, self.config, hf_dir)
-        return hf_dir
+  def save_hf(self, hf_dir: str) -> str:
+    """A Hugging Face directory that `T5ForConditionalGeneration.from_pretrained` loads."""
+    hf_dir = os.path.abspath(os.path.expanduser(hf_dir))
+    convert.save_hf(self._params, self.config, hf_dir)
+    return hf_dir

@@ -24,8 +24,8 @@ runtime.configure(reexec=__name__ == "__main__")  # before JAX starts its backen
 import jax
 import numpy as np
 
-from bench.util import PeerProcess, emit_json, print_table, time_interleaved
 from bench.train_step import MODELS, hf_model
+from bench.util import PeerProcess, emit_json, print_table, time_interleaved
 from models import convert, decoding
 from models.config import T5Config
 from models.network import Transformer
@@ -42,10 +42,16 @@ def hf_peer(cfg_dict, hf_dir, enc_np, new_tokens, beams):
   def generate(num_beams):
     def run():
       with torch.inference_mode():
-        out = hf.generate(input_ids=enc_t, attention_mask=enc_t != 0, do_sample=False,
-                          num_beams=num_beams, max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens)
+        out = hf.generate(
+          input_ids=enc_t,
+          attention_mask=enc_t != 0,
+          do_sample=False,
+          num_beams=num_beams,
+          max_new_tokens=new_tokens,
+          min_new_tokens=new_tokens,
+        )
       assert out.shape[1] == new_tokens + 1, out.shape  # start token + the new ones
+
     return run
 
   return {"hf greedy": generate(1), f"hf beam{beams}": generate(beams)}
@@ -66,8 +72,7 @@ def main(argv=None):
   rng = np.random.default_rng(0)
   enc_np = rng.integers(2, model_cfg.vocab_size, (args.batch, args.inputs)).astype(np.int32)
   with tempfile.TemporaryDirectory() as hf_dir:
-    peer = PeerProcess("bench.decode:hf_peer", model_cfg.to_dict(), hf_dir, enc_np, L,
-                       args.beams)
+    peer = PeerProcess("bench.decode:hf_peer", model_cfg.to_dict(), hf_dir, enc_np, L, args.beams)
     try:
       cfg, params = convert.load_hf(hf_dir)
       # on the device once: the converter returns (often non-contiguous) numpy arrays.
@@ -78,32 +83,47 @@ def main(argv=None):
         module = Transformer(dataclasses.replace(cfg, dtype=dtype))
 
         def run():
-          out = decoding.decode(module, params, {"encoder_input_tokens": enc_np}, method=method,
-                                max_decode_length=L, num_beams=args.beams, eos_id=no_eos)
+          out = decoding.decode(
+            module,
+            params,
+            {"encoder_input_tokens": enc_np},
+            method=method,
+            max_decode_length=L,
+            num_beams=args.beams,
+            eos_id=no_eos,
+          )
           jax.block_until_ready(out)
+
         return run
 
-      times = time_interleaved({
+      times = time_interleaved(
+        {
           "xt5 greedy": ours("greedy"),
           "hf greedy": peer["hf greedy"],
           f"xt5 beam{args.beams}": ours("beam"),
           f"hf beam{args.beams}": peer[f"hf beam{args.beams}"],
           "xt5 greedy bf16": ours("greedy", "bfloat16"),
           f"xt5 beam{args.beams} bf16": ours("beam", "bfloat16"),
-      }, rounds=args.iters)
+        },
+        rounds=args.iters,
+      )
     finally:
       peer.close()
 
   new_tokens = args.batch * L
-  print(f"t5.1.1-{args.model} decoding, batch {args.batch}, {args.inputs} input tokens, {L} new "
-        f"tokens, float32 (xt5 also bf16 activations), {jax.devices()[0].device_kind}")
+  print(
+    f"t5.1.1-{args.model} decoding, batch {args.batch}, {args.inputs} input tokens, {L} new "
+    f"tokens, float32 (xt5 also bf16 activations), {jax.devices()[0].device_kind}"
+  )
   print_table(["run", "s", "new tokens/s"], [[k, t, new_tokens / t] for k, t in times.items()])
-  emit_json({
+  emit_json(
+    {
       "bench": "decode",
       **{k.replace(" ", "_") + "_tok_s": new_tokens / t for k, t in times.items()},
       "ratio_vs_hf_greedy": times["hf greedy"] / times["xt5 greedy"],
       "ratio_vs_hf_beam": times[f"hf beam{args.beams}"] / times[f"xt5 beam{args.beams}"],
-  })
+    }
+  )
 
 
 if __name__ == "__main__":

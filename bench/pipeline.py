@@ -7,7 +7,8 @@ Two configurations, as pretraining runs them: subword span corruption at 512/114
 1024/189 on `byt5_mono` (ByT5, span 20); both packed by seqio's EncDecFeatureConverter into
 rows of `--batch`. For each, the rate at which the train step of `--model` (T5.1.1 shapes with
 the task's vocabulary) consumes rows of that shape is measured in the same script, after the
-pipeline, never concurrently. The pipeline must outrun it >= 10x. Ends with one JSON line. Needs `python -m tasks.corpora prepare`.
+pipeline, never concurrently. The pipeline must outrun it >= 10x. Ends with one JSON line.
+Needs `python -m tasks.corpora prepare`.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from bench.util import emit_json, print_table, time_calls
 from tasks import corpora, vocab
 
 CONFIGS = {  # name: (task, inputs length, targets length)
-    "subword 512/114": ("mono", 512, 114),
-    "bytes 1024/189": ("byt5_mono", 1024, 189),
+  "subword 512/114": ("mono", 512, 114),
+  "bytes 1024/189": ("byt5_mono", 1024, 189),
 }
 
 
 def pipeline_rate(task: str, inputs: int, targets: int, batch: int, rows: int) -> dict:
   """Rows/s and examples/s (packed segments) of the packed train pipeline, after warm-up."""
-  ds = tasks.get_dataset(task, "train", {"inputs": inputs, "targets": targets},
-                         batch_size=batch, shuffle=True, seed=0)
+  ds = tasks.get_dataset(
+    task, "train", {"inputs": inputs, "targets": targets}, batch_size=batch, shuffle=True, seed=0
+  )
   it = tasks.as_numpy(ds, task)
   for _ in range(max(2, 64 // batch)):  # warm-up: open every source, fill prefetch buffers
     next(it)
@@ -47,12 +49,16 @@ def pipeline_rate(task: str, inputs: int, targets: int, batch: int, rows: int) -
     examples += int(sum(len(np.unique(s[s > 0])) for s in b["encoder_segment_ids"]))
     tokens += int((b["encoder_input_tokens"] > 0).sum())
   seconds = time.perf_counter() - t0
-  return {"rows_per_s": num_rows / seconds, "examples_per_s": examples / seconds,
-          "fill": tokens / (num_rows * inputs)}
+  return {
+    "rows_per_s": num_rows / seconds,
+    "examples_per_s": examples / seconds,
+    "fill": tokens / (num_rows * inputs),
+  }
 
 
-def train_rows_per_s(model: str, vocab_size: int, inputs: int, targets: int, batch: int,
-                     iters: int) -> float:
+def train_rows_per_s(
+  model: str, vocab_size: int, inputs: int, targets: int, batch: int, iters: int
+) -> float:
   cfg = MODELS[model].replace(vocab_size=vocab_size)
   return batch / time_calls(xt5_step(cfg, make_batch(cfg, batch, inputs, targets)), iters=iters)
 
@@ -72,17 +78,29 @@ def main(argv=None):
     vocab_size = vocab.padded_vocab_size(tasks.get(task).output_features["targets"].vocabulary)
     consumed = train_rows_per_s(args.model, vocab_size, inputs, targets, args.batch, args.iters)
     results[name] = {**rate, "train_rows_per_s": consumed, "ratio": rate["rows_per_s"] / consumed}
-    rows.append([name, rate["examples_per_s"], rate["rows_per_s"], rate["fill"], consumed,
-                 results[name]["ratio"]])
+    rows.append(
+      [
+        name,
+        rate["examples_per_s"],
+        rate["rows_per_s"],
+        rate["fill"],
+        consumed,
+        results[name]["ratio"],
+      ]
+    )
   print(f"packed span corruption, batch {args.batch}; train step: t5.1.1-{args.model} shapes")
   print_table(["config", "examples/s", "rows/s", "row fill", "train rows/s", "ratio"], rows)
   worst = min(results.values(), key=lambda r: r["ratio"])
-  emit_json({
+  emit_json(
+    {
       "bench": "pipeline",
       "rows_per_s": worst["rows_per_s"],
       "ratio_vs_train_step": worst["ratio"],
-      **{f"{name.split()[0]}_{key}": value for name, r in results.items() for key, value in r.items()},
-  })
+      **{
+        f"{name.split()[0]}_{key}": value for name, r in results.items() for key, value in r.items()
+      },
+    }
+  )
 
 
 if __name__ == "__main__":

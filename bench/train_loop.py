@@ -48,26 +48,36 @@ from models import partitioning
 from models.config import T5Config
 from models.network import Transformer
 from tasks import corpora, vocab
-from trainer import data, metrics as metrics_lib, optimizers, state as state_lib
+from trainer import data, optimizers
+from trainer import metrics as metrics_lib
+from trainer import state as state_lib
 
 # vocab_size is replaced by the task's (padded) vocabulary size.
 MODELS = {
-    # configs/experiments/quickstart.gin: mT5 recipe at CPU size, bf16 activations
-    "quickstart": T5Config(d_model=192, num_heads=3, head_dim=64, d_ff=512, num_encoder_layers=3,
-                           num_decoder_layers=3, dtype="bfloat16"),
-    "small": T5Config(dtype="bfloat16"),  # T5.1.1/mT5-small shapes
-    # a tiny model: exercises the whole script in seconds (tests/bench), measures nothing
-    "tiny": T5Config(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=2,
-                     num_decoder_layers=2),
+  # configs/experiments/quickstart.gin: mT5 recipe at CPU size, bf16 activations
+  "quickstart": T5Config(
+    d_model=192,
+    num_heads=3,
+    head_dim=64,
+    d_ff=512,
+    num_encoder_layers=3,
+    num_decoder_layers=3,
+    dtype="bfloat16",
+  ),
+  "small": T5Config(dtype="bfloat16"),  # T5.1.1/mT5-small shapes
+  # a tiny model: exercises the whole script in seconds (tests/bench), measures nothing
+  "tiny": T5Config(
+    d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=2, num_decoder_layers=2
+  ),
 }
 # Per model, unless given on the command line. Rounds of whole checkpoint periods keep the saves
 # per timed step at 1 / checkpoint_period; many short rounds beat few long ones on a shared host.
 PRESETS = {
-    "quickstart": dict(batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=20,
-                       rounds=4),
-    "small": dict(batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=20,
-                  rounds=4),
-    "tiny": dict(batch=8, inputs=32, targets=32, log_period=2, checkpoint_period=3, rounds=2),
+  "quickstart": dict(
+    batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=20, rounds=4
+  ),
+  "small": dict(batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=20, rounds=4),
+  "tiny": dict(batch=8, inputs=32, targets=32, log_period=2, checkpoint_period=3, rounds=2),
 }
 RULES = "data_parallel"  # train.train's default
 
@@ -89,10 +99,12 @@ class BareStep:
     self.stream = data.TrainStream(dataset)
     self.batch = data.global_batch(next(self.stream), self.batch_sharding)  # fixed, on device
     shardings = state_lib.state_shardings(module, tx, self.batch, mesh, RULES)
-    self.state = state_lib.init_state(module, tx, jax.random.key(0), self.batch, mesh, RULES,
-                                      shardings)
-    self.step_fn = train.make_train_step_fn(module, tx, lr, shardings, self.batch_sharding, mesh,
-                                            RULES)
+    self.state = state_lib.init_state(
+      module, tx, jax.random.key(0), self.batch, mesh, RULES, shardings
+    )
+    self.step_fn = train.make_train_step_fn(
+      module, tx, lr, shardings, self.batch_sharding, mesh, RULES
+    )
     self.rng = jax.random.key(1)
 
   def run(self, steps: int, fed: bool = False) -> float:
@@ -135,28 +147,54 @@ def logged_times(model_dir: str) -> dict[int, float]:
   return out
 
 
-def loop_round(model_dir: str, cfg: T5Config, dataset: data.DatasetConfig, start: int,
-               warmup: int, steps: int, log_period: int, checkpoint_period: int) -> float:
+def loop_round(
+  model_dir: str,
+  cfg: T5Config,
+  dataset: data.DatasetConfig,
+  start: int,
+  warmup: int,
+  steps: int,
+  log_period: int,
+  checkpoint_period: int,
+) -> float:
   """Wall seconds of the loop's steps start+warmup+1 .. start+warmup+steps, from its log."""
   end = start + warmup + steps
-  train.train(model_dir=model_dir, model_config=cfg,
-              mixture_or_task_name=dataset.mixture_or_task_name,
-              task_feature_lengths=dict(dataset.task_feature_lengths), train_steps=end,
-              batch_size=dataset.batch_size, seed=dataset.seed, optimizer=optimizers.adafactor,
-              learning_rate=optimizers.rsqrt_decay(), partitioning_rules=RULES,
-              checkpoint_period=checkpoint_period, log_period=log_period, eval_period=None,
-              show_progress=False)
+  train.train(
+    model_dir=model_dir,
+    model_config=cfg,
+    mixture_or_task_name=dataset.mixture_or_task_name,
+    task_feature_lengths=dict(dataset.task_feature_lengths),
+    train_steps=end,
+    batch_size=dataset.batch_size,
+    seed=dataset.seed,
+    optimizer=optimizers.adafactor,
+    learning_rate=optimizers.rsqrt_decay(),
+    partitioning_rules=RULES,
+    checkpoint_period=checkpoint_period,
+    log_period=log_period,
+    eval_period=None,
+    show_progress=False,
+  )
   gc.collect()  # the run's input pipeline stops its threads before the next contender runs
   times = logged_times(model_dir)
   first = start + warmup
   if first not in times or end not in times:
-    raise RuntimeError(f"train.train logged no line at step {first} or {end} in "
-                       f"{model_dir}/{metrics_lib.JSONL}; logged steps: {sorted(times)}")
+    raise RuntimeError(
+      f"train.train logged no line at step {first} or {end} in "
+      f"{model_dir}/{metrics_lib.JSONL}; logged steps: {sorted(times)}"
+    )
   return times[end] - times[first]
 
 
-def measure(cfg: T5Config, dataset: data.DatasetConfig, model_dir: str, rounds: int,
-            per_round: int, log_period: int, checkpoint_period: int) -> dict[str, list[float]]:
+def measure(
+  cfg: T5Config,
+  dataset: data.DatasetConfig,
+  model_dir: str,
+  rounds: int,
+  per_round: int,
+  log_period: int,
+  checkpoint_period: int,
+) -> dict[str, list[float]]:
   """Seconds per step of each contender's timed blocks, in interleaved rounds."""
   warmup = log_period  # the loop's first log window: compile (or cache load), restore, data skip
   bare = BareStep(cfg, dataset)
@@ -172,9 +210,19 @@ def measure(cfg: T5Config, dataset: data.DatasetConfig, model_dir: str, rounds: 
 
   for r in range(rounds):
     bare_blocks(r)
-    blocks["full loop"].append(loop_round(model_dir, cfg, dataset, r * (warmup + per_round),
-                                          warmup, per_round, log_period, checkpoint_period)
-                               / per_round)
+    blocks["full loop"].append(
+      loop_round(
+        model_dir,
+        cfg,
+        dataset,
+        r * (warmup + per_round),
+        warmup,
+        per_round,
+        log_period,
+        checkpoint_period,
+      )
+      / per_round
+    )
   bare_blocks(rounds)  # the sandwich's other slice: drift before and after hits both sides
   return blocks
 
@@ -183,19 +231,28 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", choices=sorted(MODELS), default="quickstart")
   p.add_argument("--task", default="translate_en_de", help="a built-in seqio task or mixture")
-  p.add_argument("--steps", type=int, default=80,
-                 help="timed steps per contender over all rounds (rounded up to log periods)")
+  p.add_argument(
+    "--steps",
+    type=int,
+    default=80,
+    help="timed steps per contender over all rounds (rounded up to log periods)",
+  )
   for flag in PRESETS["quickstart"]:
     defaults = ", ".join(f"{m} {d[flag]}" for m, d in PRESETS.items())
     p.add_argument(f"--{flag.replace('_', '-')}", type=int, help=f"default per --model: {defaults}")
-  p.add_argument("--model-dir", help="the loop's MODEL_DIR, kept afterwards; must not exist "
-                 "(default: a temporary directory)")
+  p.add_argument(
+    "--model-dir",
+    help="the loop's MODEL_DIR, kept afterwards; must not exist (default: a temporary directory)",
+  )
   args = p.parse_args(argv)
-  opts = {k: v if (v := getattr(args, k)) is not None else d
-          for k, d in PRESETS[args.model].items()}
+  opts = {
+    k: v if (v := getattr(args, k)) is not None else d for k, d in PRESETS[args.model].items()
+  }
   if min(args.steps, *opts.values()) < 1:
-    p.error("--steps, --batch, --inputs, --targets, --log-period, --checkpoint-period and "
-            "--rounds must be >= 1")
+    p.error(
+      "--steps, --batch, --inputs, --targets, --log-period, --checkpoint-period and "
+      "--rounds must be >= 1"
+    )
   if args.model_dir and os.path.exists(args.model_dir):
     p.error(f"--model-dir {args.model_dir} exists and the loop would resume it: pass a new path")
   corpora.require_prepared("bench.train_loop")
@@ -203,38 +260,71 @@ def main(argv=None):
   rounds, log_period, ckpt_period = opts["rounds"], opts["log_period"], opts["checkpoint_period"]
   per_round = -(-args.steps // rounds // log_period) * log_period  # whole log windows
   cfg = model_config(args.model, args.task)
-  dataset = data.DatasetConfig(args.task, {"inputs": opts["inputs"], "targets": opts["targets"]},
-                               "train", opts["batch"], seed=0)  # as train.train builds it
+  dataset = data.DatasetConfig(
+    args.task,
+    {"inputs": opts["inputs"], "targets": opts["targets"]},
+    "train",
+    opts["batch"],
+    seed=0,
+  )  # as train.train builds it
   with tempfile.TemporaryDirectory(prefix="xt5_bench_loop_") as tmp:
     with compilation_cache_in(os.path.join(tmp, "jax_cache")):
-      blocks = measure(cfg, dataset, os.path.abspath(args.model_dir or os.path.join(tmp, "run")),
-                       rounds, per_round, log_period, ckpt_period)
+      blocks = measure(
+        cfg,
+        dataset,
+        os.path.abspath(args.model_dir or os.path.join(tmp, "run")),
+        rounds,
+        per_round,
+        log_period,
+        ckpt_period,
+      )
   sec = {name: statistics.mean(b) for name, b in blocks.items()}  # blocks are equally long
   # a save after step s runs inside the window that begins at s's log line
-  saves = sum(s % ckpt_period == 0 for r in range(rounds)
-              for s in range(r * (log_period + per_round) + log_period,
-                             (r + 1) * (log_period + per_round)))
+  saves = sum(
+    s % ckpt_period == 0
+    for r in range(rounds)
+    for s in range(r * (log_period + per_round) + log_period, (r + 1) * (log_period + per_round))
+  )
 
-  print(f"{args.model} ({cfg.d_model}d, {cfg.num_encoder_layers}+{cfg.num_decoder_layers} "
-        f"layers, {cfg.dtype}) on {args.task}, batch {opts['batch']}, lengths {opts['inputs']}/"
-        f"{opts['targets']}, {jax.device_count()} {jax.devices()[0].platform} device(s); loop "
-        f"logs every {log_period}, checkpoints every {ckpt_period} ({saves} async saves in its "
-        f"{rounds * per_round} timed steps); {rounds} interleaved rounds")
-  print_table(["run", "s/step", "vs bare", "blocks", "block s/step min-max"],
-              [[name, t, f"{t / sec['bare step'] - 1:+.1%}", len(blocks[name]),
-                f"{min(blocks[name]):.3g}-{max(blocks[name]):.3g}"] for name, t in sec.items()])
+  print(
+    f"{args.model} ({cfg.d_model}d, {cfg.num_encoder_layers}+{cfg.num_decoder_layers} "
+    f"layers, {cfg.dtype}) on {args.task}, batch {opts['batch']}, lengths {opts['inputs']}/"
+    f"{opts['targets']}, {jax.device_count()} {jax.devices()[0].platform} device(s); loop "
+    f"logs every {log_period}, checkpoints every {ckpt_period} ({saves} async saves in its "
+    f"{rounds * per_round} timed steps); {rounds} interleaved rounds"
+  )
+  print_table(
+    ["run", "s/step", "vs bare", "blocks", "block s/step min-max"],
+    [
+      [
+        name,
+        t,
+        f"{t / sec['bare step'] - 1:+.1%}",
+        len(blocks[name]),
+        f"{min(blocks[name]):.3g}-{max(blocks[name]):.3g}",
+      ]
+      for name, t in sec.items()
+    ],
+  )
   bare = blocks["bare step"]
   paired = [loop / ((bare[r] + bare[r + 1]) / 2) - 1 for r, loop in enumerate(blocks["full loop"])]
-  print("per round, loop vs the bare blocks either side: "
-        + ", ".join(f"{x:+.1%}" for x in paired) + " (their spread shows the host's noise)")
-  emit_json({
+  print(
+    "per round, loop vs the bare blocks either side: "
+    + ", ".join(f"{x:+.1%}" for x in paired)
+    + " (their spread shows the host's noise)"
+  )
+  emit_json(
+    {
       "bench": "train_loop",
-      "bare_s": sec["bare step"], "pipeline_fed_s": sec["step + pipeline"],
+      "bare_s": sec["bare step"],
+      "pipeline_fed_s": sec["step + pipeline"],
       "loop_s": sec["full loop"],
       "overhead_fraction": sec["full loop"] / sec["bare step"] - 1,
       "pipeline_overhead_fraction": sec["step + pipeline"] / sec["bare step"] - 1,
-      "timed_loop_steps": rounds * per_round, "checkpoints_in_window": saves,
-  })
+      "timed_loop_steps": rounds * per_round,
+      "checkpoints_in_window": saves,
+    }
+  )
 
 
 if __name__ == "__main__":

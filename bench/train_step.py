@@ -32,10 +32,17 @@ from models.network import Transformer
 from trainer import metrics, optimizers
 
 MODELS = {
-    "small": T5Config(),  # T5.1.1-small: 512 d_model, 6 heads, 8+8 layers, d_ff 1024, GEGLU
-    # a few-KB model: exercises the whole script in seconds (tests/bench), measures nothing
-    "tiny": T5Config(vocab_size=128, d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                     num_encoder_layers=2, num_decoder_layers=2),
+  "small": T5Config(),  # T5.1.1-small: 512 d_model, 6 heads, 8+8 layers, d_ff 1024, GEGLU
+  # a few-KB model: exercises the whole script in seconds (tests/bench), measures nothing
+  "tiny": T5Config(
+    vocab_size=128,
+    d_model=32,
+    num_heads=2,
+    head_dim=16,
+    d_ff=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+  ),
 }
 CEILING_N = 2048  # the square matmul that measures the machine's fp32 ceiling
 
@@ -45,8 +52,7 @@ def make_batch(cfg, batch, inputs_len, targets_len, seed=0):
   enc = rng.integers(2, cfg.vocab_size, (batch, inputs_len)).astype(np.int32)
   tgt = rng.integers(2, cfg.vocab_size, (batch, targets_len)).astype(np.int32)
   dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
-  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
-          "decoder_target_tokens": tgt}
+  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": tgt}
 
 
 def xt5_step(cfg, batch_np):
@@ -54,8 +60,11 @@ def xt5_step(cfg, batch_np):
   module = Transformer(cfg)
   tx = optimizers.adafactor(1e-3)  # T5X's defaults
   batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
-  params = nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), batch["encoder_input_tokens"],
-                                         batch["decoder_input_tokens"])["params"])
+  params = nn.unbox(
+    jax.jit(module.init)(
+      jax.random.PRNGKey(0), batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+    )["params"]
+  )
   opt_state = tx.init(params)
 
   @jax.jit
@@ -81,7 +90,8 @@ def hf_model(cfg):
 
   torch.manual_seed(0)
   return transformers.T5ForConditionalGeneration(
-      transformers.T5Config(**convert.hf_config_dict(cfg)))
+    transformers.T5Config(**convert.hf_config_dict(cfg))
+  )
 
 
 def hf_step(cfg, batch_np, bf16_autocast):
@@ -110,9 +120,9 @@ def hf_peer(cfg_dict, batch_np):
   cfg = T5Config.from_dict(cfg_dict)
   ta = torch.randn(CEILING_N, CEILING_N)
   return {
-      "hf fp32": hf_step(cfg, batch_np, bf16_autocast=False),
-      "hf bf16-autocast": hf_step(cfg, batch_np, bf16_autocast=True),
-      "torch matmul": lambda: time_calls(lambda: ta @ ta, warmup=2, iters=10, best=True),
+    "hf fp32": hf_step(cfg, batch_np, bf16_autocast=False),
+    "hf bf16-autocast": hf_step(cfg, batch_np, bf16_autocast=True),
+    "torch matmul": lambda: time_calls(lambda: ta @ ta, warmup=2, iters=10, best=True),
   }
 
 
@@ -140,30 +150,41 @@ def main(argv=None):
   peer = PeerProcess("bench.train_step:hf_peer", cfg.to_dict(), batch_np)
   try:
     ceiling = fp32_matmul_ceiling(peer)
-    times = time_interleaved({
+    times = time_interleaved(
+      {
         "xt5 fp32": xt5_step(cfg, batch_np),
         "hf fp32": peer["hf fp32"],
         "xt5 bf16": xt5_step(cfg.replace(dtype="bfloat16"), batch_np),
         "hf bf16-autocast": peer["hf bf16-autocast"],
-    }, rounds=args.iters)
+      },
+      rounds=args.iters,
+    )
   finally:
     peer.close()
-  rows = [[name, t, target_tokens / t, step_flops / t / 1e9, step_flops / t / 1e9 / ceiling]
-          for name, t in times.items()]
-  print(f"t5.1.1-{args.model} train step, batch {args.batch}, inputs {args.inputs}, targets "
-        f"{args.targets}, Adafactor; {step_flops / 1e9:.1f} matmul GFLOP/step; fp32 matmul "
-        f"ceiling {ceiling:.1f} GFLOP/s on {jax.devices()[0].device_kind}")
+  rows = [
+    [name, t, target_tokens / t, step_flops / t / 1e9, step_flops / t / 1e9 / ceiling]
+    for name, t in times.items()
+  ]
+  print(
+    f"t5.1.1-{args.model} train step, batch {args.batch}, inputs {args.inputs}, targets "
+    f"{args.targets}, Adafactor; {step_flops / 1e9:.1f} matmul GFLOP/step; fp32 matmul "
+    f"ceiling {ceiling:.1f} GFLOP/s on {jax.devices()[0].device_kind}"
+  )
   print_table(["run", "s/step", "target tok/s", "GFLOP/s", "of ceiling"], rows)
   best_xt5 = min(times["xt5 fp32"], times["xt5 bf16"])
-  emit_json({
+  emit_json(
+    {
       "bench": "train_step",
-      "xt5_fp32_s": times["xt5 fp32"], "xt5_bf16_s": times["xt5 bf16"],
-      "hf_fp32_s": times["hf fp32"], "hf_bf16_s": times["hf bf16-autocast"],
+      "xt5_fp32_s": times["xt5 fp32"],
+      "xt5_bf16_s": times["xt5 bf16"],
+      "hf_fp32_s": times["hf fp32"],
+      "hf_bf16_s": times["hf bf16-autocast"],
       "ratio_vs_hf_fp32": times["hf fp32"] / times["xt5 fp32"],
       "ratio_vs_hf_bf16": times["hf bf16-autocast"] / times["xt5 bf16"],
       "fraction_of_fp32_ceiling": step_flops / best_xt5 / 1e9 / ceiling,
       "fp32_ceiling_gflops": ceiling,
-  })
+    }
+  )
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ import json
 import multiprocessing
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
-def time_calls(fn: Callable[[], object], *, warmup: int = 1, iters: int = 3,
-               best: bool = False) -> float:
+def time_calls(
+  fn: Callable[[], object], *, warmup: int = 1, iters: int = 3, best: bool = False
+) -> float:
   """Median (or with `best`, minimum) wall seconds of `fn()`; `fn` must block until its result
   is ready. Use `best` for ceilings: the fastest run is the closest to what the hardware gives."""
   for _ in range(warmup):
@@ -68,6 +69,7 @@ class PeerProcess:
     def call():
       self._conn.send(name)
       return self._receive()
+
     return call
 
   def close(self):
@@ -98,8 +100,10 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None
 
 def emit_json(result: dict) -> None:
   """The benchmark's machine-readable result: always the last line printed."""
-  print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}),
-        flush=True)
+  print(
+    json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}),
+    flush=True,
+  )
 
 
 def _fmt(x) -> str:

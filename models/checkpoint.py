@@ -124,19 +124,24 @@ def load_params(directory: str, cfg: T5Config, shardings: Any = None):
   saved_scanned = convert.is_scanned(convert._unflatten(saved))
   saved_cfg = cfg.replace(scan_layers=saved_scanned)
   expected = convert.param_shapes(saved_cfg)
-  convert._check_tree(saved, {p: tuple(s.shape) for p, s in convert._flatten(expected).items()},
-                      f"xt5 checkpoint {path}")
+  convert._check_tree(
+    saved,
+    {p: tuple(s.shape) for p, s in convert._flatten(expected).items()},
+    f"xt5 checkpoint {path}",
+  )
   want = convert.param_shapes(cfg)
   shardings = _sharding_tree(shardings, want)
   try:
     if saved_scanned == cfg.scan_layers:  # straight onto the target shardings
       target = jax.tree_util.tree_map(
-          lambda s, sh: jax.ShapeDtypeStruct(s.shape, np.float32, sharding=sh), want, shardings)
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, np.float32, sharding=sh), want, shardings
+      )
       with ocp.StandardCheckpointer() as ckptr:
         return convert._unfreeze(ckptr.restore(path, target))
     # the other layer layout: restore as numpy, restack, then place
     as_numpy = convert._unflatten(
-        {p: ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32) for p in saved})
+      {p: ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32) for p in saved}
+    )
     host = convert._unfreeze(ocp.PyTreeCheckpointer().restore(path, restore_args=as_numpy))
   except Exception as e:
     raise ValueError(f"cannot read xt5 checkpoint {path}: {e}") from e

@@ -53,8 +53,9 @@ class T5Config:
       raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
     for act in self.mlp_activations:
       if act not in MLP_ACTIVATIONS:
-        raise ValueError(f"unknown MLP activation {act!r} in mlp_activations; expected one of "
-                         f"{MLP_ACTIVATIONS}")
+        raise ValueError(
+          f"unknown MLP activation {act!r} in mlp_activations; expected one of {MLP_ACTIVATIONS}"
+        )
     # gin hands lists where a tuple is declared; normalise so configs compare and hash.
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
 

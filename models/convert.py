@@ -64,7 +64,8 @@ import json
 import os
 import re
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -95,8 +96,9 @@ def _param_shapes_cached(cfg: T5Config):
   tokens = jnp.ones((1, 2), jnp.int32)
 
   def init():
-    return Transformer(cfg).init(jax.random.PRNGKey(0), encoder_input_tokens=tokens,
-                                 decoder_input_tokens=tokens)["params"]
+    return Transformer(cfg).init(
+      jax.random.PRNGKey(0), encoder_input_tokens=tokens, decoder_input_tokens=tokens
+    )["params"]
 
   return nn.unbox(jax.eval_shape(init))
 
@@ -165,8 +167,7 @@ def stack_layers(params: Params) -> Params:
     if layer_ids != list(range(len(layer_ids))):
       raise CheckpointMismatchError(f"layers are not numbered 0..n-1: {layer_ids}")
     flats = [_flatten(params[f"layers_{i}"]) for i in layer_ids]
-    out["layers"] = _unflatten(
-        {p: np.stack([np.asarray(f[p]) for f in flats]) for p in flats[0]})
+    out["layers"] = _unflatten({p: np.stack([np.asarray(f[p]) for f in flats]) for p in flats[0]})
   for k, v in params.items():
     if _LAYER_RE.match(k):
       continue
@@ -192,6 +193,7 @@ def _to_layout(flat_unrolled: Mapping[tuple[str, ...], np.ndarray], cfg: T5Confi
 @dataclasses.dataclass(frozen=True)
 class _Leaf:
   """How one xt5 leaf is stored in a foreign checkpoint."""
+
   name: str  # the foreign tensor name
   kind: str  # 'id', 'T' (swap last two axes), 'qkv' (in, H*K), 'out' (H*K, out), 'hf_qkv', 'hf_out'
 
@@ -263,8 +265,11 @@ def _mismatch_message(what: str, missing, unexpected, bad_shapes, limit: int = 4
         lines.append(f"    ... and {len(items) - limit} more")
 
   section("missing tensors", missing, lambda m: f"{m[0]}: expected shape {m[1]}")
-  section("tensors with the wrong shape", bad_shapes,
-          lambda m: f"{m[0]}: expected shape {m[1]}, found {m[2]}")
+  section(
+    "tensors with the wrong shape",
+    bad_shapes,
+    lambda m: f"{m[0]}: expected shape {m[1]}, found {m[2]}",
+  )
   section("unexpected tensors", unexpected, lambda m: f"{m[0]}: shape {m[1]}")
   return "\n".join(lines)
 
@@ -274,23 +279,23 @@ def _mismatch_message(what: str, missing, unexpected, bad_shapes, limit: int = 4
 
 
 _HF_ACTIVATIONS = {
-    "relu": ("relu",),
-    "gated-gelu": ("gelu", "linear"),  # HF maps gated-gelu to gelu_new (tanh): what we compute
-    "gated-gelu_new": ("gelu", "linear"),
-    "gated-gelu_pytorch_tanh": ("gelu", "linear"),
-    "gelu_new": ("gelu",),
-    "gelu_pytorch_tanh": ("gelu",),
-    "gated-silu": ("silu", "linear"),
-    "silu": ("silu",),
-    "gated-relu": ("relu", "linear"),
+  "relu": ("relu",),
+  "gated-gelu": ("gelu", "linear"),  # HF maps gated-gelu to gelu_new (tanh): what we compute
+  "gated-gelu_new": ("gelu", "linear"),
+  "gated-gelu_pytorch_tanh": ("gelu", "linear"),
+  "gelu_new": ("gelu",),
+  "gelu_pytorch_tanh": ("gelu",),
+  "gated-silu": ("silu", "linear"),
+  "silu": ("silu",),
+  "gated-relu": ("relu", "linear"),
 }
 _XT5_TO_HF_ACTIVATION = {
-    ("relu",): "relu",
-    ("gelu", "linear"): "gated-gelu",
-    ("gelu",): "gelu_new",
-    ("silu", "linear"): "gated-silu",
-    ("silu",): "silu",
-    ("relu", "linear"): "gated-relu",
+  ("relu",): "relu",
+  ("gelu", "linear"): "gated-gelu",
+  ("gelu",): "gelu_new",
+  ("silu", "linear"): "gated-silu",
+  ("silu",): "silu",
+  ("relu", "linear"): "gated-relu",
 }
 
 
@@ -319,30 +324,33 @@ def config_from_hf(hf_config, **overrides) -> T5Config:
   hf = _hf_config_as_dict(hf_config)
   model_type = hf.get("model_type", "t5")
   if model_type not in ("t5", "mt5", "byt5"):
-    raise ValueError(f"model_type={model_type!r} is not supported (t5, mt5 only; umt5/longt5 "
-                     "differ in architecture)")
+    raise ValueError(
+      f"model_type={model_type!r} is not supported (t5, mt5 only; umt5/longt5 "
+      "differ in architecture)"
+    )
   if hf.get("is_encoder_decoder", True) is False:
     raise ValueError("only encoder-decoder T5 configs can be converted")
   proj = hf.get("feed_forward_proj", "relu")
   if proj not in _HF_ACTIVATIONS:
     raise ValueError(
-        f"feed_forward_proj={proj!r} is not supported; known: {sorted(_HF_ACTIVATIONS)} "
-        "(plain 'gelu' is the exact erf GELU; xt5's gelu is the tanh approximation)")
+      f"feed_forward_proj={proj!r} is not supported; known: {sorted(_HF_ACTIVATIONS)} "
+      "(plain 'gelu' is the exact erf GELU; xt5's gelu is the tanh approximation)"
+    )
   num_layers = hf.get("num_layers", 6)
   fields = dict(
-      vocab_size=hf["vocab_size"],
-      d_model=hf["d_model"],
-      num_heads=hf["num_heads"],
-      head_dim=hf["d_kv"],
-      d_ff=hf["d_ff"],
-      num_encoder_layers=num_layers,
-      num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
-      mlp_activations=_HF_ACTIVATIONS[proj],
-      logits_via_embedding=_hf_tied(hf),
-      dropout_rate=float(hf.get("dropout_rate", 0.1)),
-      relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
-      relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
-      layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
+    vocab_size=hf["vocab_size"],
+    d_model=hf["d_model"],
+    num_heads=hf["num_heads"],
+    head_dim=hf["d_kv"],
+    d_ff=hf["d_ff"],
+    num_encoder_layers=num_layers,
+    num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
+    mlp_activations=_HF_ACTIVATIONS[proj],
+    logits_via_embedding=_hf_tied(hf),
+    dropout_rate=float(hf.get("dropout_rate", 0.1)),
+    relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+    relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+    layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
   )
   fields.update(overrides)
   return T5Config(**fields)
@@ -351,57 +359,62 @@ def config_from_hf(hf_config, **overrides) -> T5Config:
 def hf_config_dict(cfg: T5Config) -> dict:
   """config.json of the `T5ForConditionalGeneration` that holds `cfg`'s params."""
   if cfg.architecture != "encoder_decoder":
-    raise ValueError(f"architecture={cfg.architecture!r}: only encoder_decoder models have an "
-                     "HF T5 equivalent")
+    raise ValueError(
+      f"architecture={cfg.architecture!r}: only encoder_decoder models have an HF T5 equivalent"
+    )
   acts = tuple(cfg.mlp_activations)
   if acts not in _XT5_TO_HF_ACTIVATION:
     raise ValueError(f"mlp_activations={acts} has no HF feed_forward_proj equivalent")
   tied = bool(cfg.logits_via_embedding)
   return {
-      "architectures": ["T5ForConditionalGeneration"],
-      "model_type": "t5",
-      "vocab_size": cfg.vocab_size,
-      "d_model": cfg.d_model,
-      "d_kv": cfg.head_dim,
-      "d_ff": cfg.d_ff,
-      "num_layers": cfg.num_encoder_layers,
-      "num_decoder_layers": cfg.num_decoder_layers,
-      "num_heads": cfg.num_heads,
-      "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
-      "relative_attention_max_distance": cfg.relative_attention_max_distance,
-      "dropout_rate": cfg.dropout_rate,
-      "layer_norm_epsilon": cfg.layer_norm_epsilon,
-      "initializer_factor": 1.0,
-      "feed_forward_proj": _XT5_TO_HF_ACTIVATION[acts],
-      "is_encoder_decoder": True,
-      "use_cache": True,
-      "pad_token_id": 0,
-      "eos_token_id": 1,
-      "decoder_start_token_id": 0,
-      # transformers 4.x reads tie_word_embeddings; 5.x reads scale_decoder_outputs (and unties
-      # lm_head whenever the checkpoint holds one that differs from `shared`).
-      "tie_word_embeddings": tied,
-      "scale_decoder_outputs": tied,
-      "torch_dtype": "float32",
+    "architectures": ["T5ForConditionalGeneration"],
+    "model_type": "t5",
+    "vocab_size": cfg.vocab_size,
+    "d_model": cfg.d_model,
+    "d_kv": cfg.head_dim,
+    "d_ff": cfg.d_ff,
+    "num_layers": cfg.num_encoder_layers,
+    "num_decoder_layers": cfg.num_decoder_layers,
+    "num_heads": cfg.num_heads,
+    "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
+    "relative_attention_max_distance": cfg.relative_attention_max_distance,
+    "dropout_rate": cfg.dropout_rate,
+    "layer_norm_epsilon": cfg.layer_norm_epsilon,
+    "initializer_factor": 1.0,
+    "feed_forward_proj": _XT5_TO_HF_ACTIVATION[acts],
+    "is_encoder_decoder": True,
+    "use_cache": True,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+    # transformers 4.x reads tie_word_embeddings; 5.x reads scale_decoder_outputs (and unties
+    # lm_head whenever the checkpoint holds one that differs from `shared`).
+    "tie_word_embeddings": tied,
+    "scale_decoder_outputs": tied,
+    "torch_dtype": "float32",
   }
 
 
 _HF_ENC_SUB = {
-    "pre_attention_layer_norm": "layer.0.layer_norm",
-    "attention": "layer.0.SelfAttention",
-    "pre_mlp_layer_norm": "layer.1.layer_norm",
-    "mlp": "layer.1.DenseReluDense",
+  "pre_attention_layer_norm": "layer.0.layer_norm",
+  "attention": "layer.0.SelfAttention",
+  "pre_mlp_layer_norm": "layer.1.layer_norm",
+  "mlp": "layer.1.DenseReluDense",
 }
 _HF_DEC_SUB = {
-    "pre_self_attention_layer_norm": "layer.0.layer_norm",
-    "self_attention": "layer.0.SelfAttention",
-    "pre_cross_attention_layer_norm": "layer.1.layer_norm",
-    "encoder_decoder_attention": "layer.1.EncDecAttention",
-    "pre_mlp_layer_norm": "layer.2.layer_norm",
-    "mlp": "layer.2.DenseReluDense",
+  "pre_self_attention_layer_norm": "layer.0.layer_norm",
+  "self_attention": "layer.0.SelfAttention",
+  "pre_cross_attention_layer_norm": "layer.1.layer_norm",
+  "encoder_decoder_attention": "layer.1.EncDecAttention",
+  "pre_mlp_layer_norm": "layer.2.layer_norm",
+  "mlp": "layer.2.DenseReluDense",
 }
-_HF_ATTN_LEAF = {"query": ("q", "hf_qkv"), "key": ("k", "hf_qkv"), "value": ("v", "hf_qkv"),
-                 "out": ("o", "hf_out")}
+_HF_ATTN_LEAF = {
+  "query": ("q", "hf_qkv"),
+  "key": ("k", "hf_qkv"),
+  "value": ("v", "hf_qkv"),
+  "out": ("o", "hf_out"),
+}
 
 
 def _hf_leaf(path: tuple[str, ...]) -> _Leaf:
@@ -443,8 +456,9 @@ _HF_EMBED_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight
 _HF_IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 
 
-def params_from_hf_state_dict(state_dict: Mapping[str, Any], cfg: T5Config, *,
-                              lm_head_from_shared: bool = False) -> Params:
+def params_from_hf_state_dict(
+  state_dict: Mapping[str, Any], cfg: T5Config, *, lm_head_from_shared: bool = False
+) -> Params:
   """xt5 params (float32 numpy, `cfg`'s layout) from an HF `T5ForConditionalGeneration` state
   dict of numpy arrays or torch tensors.
 
@@ -466,12 +480,16 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], cfg: T5Config, *,
   used = set(_HF_EMBED_ALIASES) | set(_HF_IGNORED)
   if cfg.logits_via_embedding and "lm_head.weight" in sd:
     head, shared = sd["lm_head.weight"], sd.get("shared.weight")
-    if shared is not None and tuple(head.shape) == tuple(shared.shape) and not np.array_equal(
-        _as_numpy(head), _as_numpy(shared)):
+    if (
+      shared is not None
+      and tuple(head.shape) == tuple(shared.shape)
+      and not np.array_equal(_as_numpy(head), _as_numpy(shared))
+    ):
       raise CheckpointMismatchError(
-          "the config ties the output layer to the embedding (T5.1.0, logits_via_embedding), "
-          "but the checkpoint's lm_head.weight differs from shared.weight; convert it as an "
-          "untied model (tie_word_embeddings=false) instead")
+        "the config ties the output layer to the embedding (T5.1.0, logits_via_embedding), "
+        "but the checkpoint's lm_head.weight differs from shared.weight; convert it as an "
+        "untied model (tie_word_embeddings=false) instead"
+      )
     used.add("lm_head.weight")
 
   missing, bad, out = [], [], {}
@@ -488,8 +506,7 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], cfg: T5Config, *,
     out[path] = _to_xt5(leaf.kind, _f32(sd[leaf.name]), shape)
   unexpected = [(k, tuple(v.shape)) for k, v in sorted(sd.items()) if k not in used]
   if missing or bad or unexpected:
-    raise CheckpointMismatchError(
-        _mismatch_message("HF state dict", missing, unexpected, bad))
+    raise CheckpointMismatchError(_mismatch_message("HF state dict", missing, unexpected, bad))
   return _to_layout(out, cfg)
 
 
@@ -502,12 +519,14 @@ def params_to_hf_state_dict(params: Params, cfg: T5Config) -> dict[str, np.ndarr
   check_params(params, cfg, "xt5 params")
   flat = _flatten(unstack_layers(_host(params)))
   specs = _hf_specs(cfg)
-  return {leaf.name: np.ascontiguousarray(_from_xt5(leaf.kind, _f32(flat[p])))
-          for p, _, leaf in specs}
+  return {
+    leaf.name: np.ascontiguousarray(_from_xt5(leaf.kind, _f32(flat[p]))) for p, _, leaf in specs
+  }
 
 
 def _host(params):
   import jax
+
   return jax.tree_util.tree_map(_as_numpy, params)
 
 
@@ -515,13 +534,17 @@ def _shape(x) -> tuple[int, ...]:
   return tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
 
 
-def _check_tree(shapes: Mapping[tuple[str, ...], tuple], want: Mapping[tuple[str, ...], tuple],
-                what: str):
+def _check_tree(
+  shapes: Mapping[tuple[str, ...], tuple], want: Mapping[tuple[str, ...], tuple], what: str
+):
   """`shapes`/`want`: flat {path: shape}. Raises naming every difference."""
   missing = [(_path_str(p), s) for p, s in sorted(want.items()) if p not in shapes]
   unexpected = [(_path_str(p), s) for p, s in sorted(shapes.items()) if p not in want]
-  bad = [(_path_str(p), tuple(want[p]), tuple(s)) for p, s in sorted(shapes.items())
-         if p in want and tuple(s) != tuple(want[p])]
+  bad = [
+    (_path_str(p), tuple(want[p]), tuple(s))
+    for p, s in sorted(shapes.items())
+    if p in want and tuple(s) != tuple(want[p])
+  ]
   if missing or unexpected or bad:
     raise CheckpointMismatchError(_mismatch_message(what, missing, unexpected, bad))
 
@@ -568,7 +591,7 @@ def _read_safetensors_raw(path: str, keys) -> dict[str, np.ndarray]:
     info = header[k]
     assert info["dtype"] == "BF16", info
     start, end = info["data_offsets"]
-    out[k] = mm[base + start:base + end].view(ml_dtypes.bfloat16).reshape(info["shape"])
+    out[k] = mm[base + start : base + end].view(ml_dtypes.bfloat16).reshape(info["shape"])
   return out
 
 
@@ -580,15 +603,16 @@ def _read_torch_bin(path: str) -> dict[str, Any]:
   except Exception as e:
     raise ValueError(f"cannot read torch checkpoint file {path}: {e}") from e
   if not isinstance(sd, Mapping):
-    raise ValueError(f"torch checkpoint file {path} holds a {type(sd).__name__}, not a "
-                     "state dict")
+    raise ValueError(f"torch checkpoint file {path} holds a {type(sd).__name__}, not a state dict")
   return dict(sd)
 
 
 def load_hf_state_dict(hf_dir: str) -> dict[str, Any]:
   """All tensors of an HF `save_pretrained` directory (safetensors preferred over .bin)."""
-  for weights, reader in ((HF_WEIGHTS_SAFETENSORS, _read_safetensors),
-                          (HF_WEIGHTS_BIN, _read_torch_bin)):
+  for weights, reader in (
+    (HF_WEIGHTS_SAFETENSORS, _read_safetensors),
+    (HF_WEIGHTS_BIN, _read_torch_bin),
+  ):
     single = os.path.join(hf_dir, weights)
     index = single + ".index.json"
     if os.path.exists(single):
@@ -604,7 +628,8 @@ def load_hf_state_dict(hf_dir: str) -> dict[str, Any]:
         sd.update(reader(os.path.join(hf_dir, shard)))
       return sd
   raise FileNotFoundError(
-      f"{hf_dir} holds no {HF_WEIGHTS_SAFETENSORS} or {HF_WEIGHTS_BIN} (nor sharded *.index.json)")
+    f"{hf_dir} holds no {HF_WEIGHTS_SAFETENSORS} or {HF_WEIGHTS_BIN} (nor sharded *.index.json)"
+  )
 
 
 def load_hf_config(hf_dir: str) -> dict:
@@ -761,13 +786,17 @@ def config_from_t5x(t5x_tree: Mapping, **overrides) -> T5Config:
   gated = f"decoder/{layer}/mlp/wi_0/kernel" in src
   d_ff = shape(f"decoder/{layer}/mlp/{'wi_0' if gated else 'wi'}/kernel")[-1]
   fields = dict(
-      vocab_size=vocab, d_model=d_model, num_heads=heads, head_dim=inner // heads, d_ff=d_ff,
-      num_encoder_layers=count_layers("encoder") if encoder_decoder else 0,
-      num_decoder_layers=count_layers("decoder"),
-      mlp_activations=("gelu", "linear") if gated else ("relu",),
-      logits_via_embedding="decoder/logits_dense/kernel" not in src,
-      relative_attention_num_buckets=buckets,
-      architecture="encoder_decoder" if encoder_decoder else "decoder_only",
+    vocab_size=vocab,
+    d_model=d_model,
+    num_heads=heads,
+    head_dim=inner // heads,
+    d_ff=d_ff,
+    num_encoder_layers=count_layers("encoder") if encoder_decoder else 0,
+    num_decoder_layers=count_layers("decoder"),
+    mlp_activations=("gelu", "linear") if gated else ("relu",),
+    logits_via_embedding="decoder/logits_dense/kernel" not in src,
+    relative_attention_num_buckets=buckets,
+    architecture="encoder_decoder" if encoder_decoder else "decoder_only",
   )
   fields.update(overrides)
   return T5Config(**fields)
@@ -775,8 +804,9 @@ def config_from_t5x(t5x_tree: Mapping, **overrides) -> T5Config:
 
 def _is_orbax_dir(path: str) -> bool:
   return os.path.isdir(path) and any(
-      os.path.exists(os.path.join(path, n))
-      for n in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt", "_sharding"))
+    os.path.exists(os.path.join(path, n))
+    for n in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt", "_sharding")
+  )
 
 
 def load_t5x_checkpoint(path: str) -> dict:
@@ -800,8 +830,9 @@ def load_t5x_checkpoint(path: str) -> dict:
   msgpack_file = os.path.join(path, "checkpoint")
   if os.path.isfile(msgpack_file):
     return _load_t5x_msgpack(msgpack_file)
-  raise FileNotFoundError(f"{path} is not a T5X checkpoint directory (no orbax metadata, no "
-                          "msgpack 'checkpoint' file)")
+  raise FileNotFoundError(
+    f"{path} is not a T5X checkpoint directory (no orbax metadata, no msgpack 'checkpoint' file)"
+  )
 
 
 def _orbax_restore_numpy(path: str):
@@ -813,9 +844,14 @@ def _orbax_restore_numpy(path: str):
   try:
     meta = ckptr.metadata(path)
     meta = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
-    restore_args = _unflatten({
-        p: ocp.RestoreArgs(restore_type=np.ndarray) if type(m).__name__ == "ArrayMetadata"
-        else ocp.RestoreArgs() for p, m in _flatten(meta).items()})
+    restore_args = _unflatten(
+      {
+        p: ocp.RestoreArgs(restore_type=np.ndarray)
+        if type(m).__name__ == "ArrayMetadata"
+        else ocp.RestoreArgs()
+        for p, m in _flatten(meta).items()
+      }
+    )
   except Exception:  # metadata-less (old) orbax layouts: let orbax decide
     return ckptr.restore(path)
   return ckptr.restore(path, restore_args=restore_args)
@@ -935,15 +971,22 @@ def from_t5x(t5x_dir: str, out_dir: str, config: str | None = None, **overrides)
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m models.convert",
-      description="Convert T5-family checkpoints between Hugging Face, T5X and xt5.")
+    prog="python -m models.convert",
+    description="Convert T5-family checkpoints between Hugging Face, T5X and xt5.",
+  )
   sub = parser.add_subparsers(dest="command", required=True)
 
   def layout_flags(p):
-    p.add_argument("--scan_layers", action="store_true",
-                   help="write the scanned layout (one stacked `layers` subtree per stack)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"),
-                   help="activation dtype recorded in the config (params stay float32)")
+    p.add_argument(
+      "--scan_layers",
+      action="store_true",
+      help="write the scanned layout (one stacked `layers` subtree per stack)",
+    )
+    p.add_argument(
+      "--dtype",
+      choices=("float32", "bfloat16"),
+      help="activation dtype recorded in the config (params stay float32)",
+    )
 
   p = sub.add_parser("from-hf", help="HF save_pretrained dir -> xt5 checkpoint dir")
   p.add_argument("hf_dir")

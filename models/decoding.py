@@ -46,7 +46,8 @@ copied to the device on every call (~0.1-0.25 s for T5.1.1-small on CPU).
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -95,12 +96,21 @@ def _check_inputs(module, encoder_input_tokens, decoder_prompt_tokens, max_decod
     if encoder_input_tokens is not None:
       raise ValueError("a decoder-only model takes no encoder_input_tokens")
     if decoder_prompt_tokens is None:
-      raise ValueError("a decoder-only model needs decoder_prompt_tokens [B, P] (at least the "
-                       "start token 0 per row)")
+      raise ValueError(
+        "a decoder-only model needs decoder_prompt_tokens [B, P] (at least the "
+        "start token 0 per row)"
+      )
 
 
-def _prefill(module, params, encoder_input_tokens, decoder_prompt_tokens, decoder_prompt_lengths,
-             cache_len: int, prefix_lm: bool):
+def _prefill(
+  module,
+  params,
+  encoder_input_tokens,
+  decoder_prompt_tokens,
+  decoder_prompt_lengths,
+  cache_len: int,
+  prefix_lm: bool,
+):
   """Encodes, prefills the prompt in one call.
 
   Returns (step, prompt_BP, prompt_len_B, logits_BPV, cache, step_args) where
@@ -114,24 +124,35 @@ def _prefill(module, params, encoder_input_tokens, decoder_prompt_tokens, decode
   else:
     encoded = None
   prompt_BP = jnp.asarray(decoder_prompt_tokens, jnp.int32)
-  prompt_len_B = (prompt_lengths(prompt_BP) if decoder_prompt_lengths is None
-                  else jnp.asarray(decoder_prompt_lengths, jnp.int32))
+  prompt_len_B = (
+    prompt_lengths(prompt_BP)
+    if decoder_prompt_lengths is None
+    else jnp.asarray(decoder_prompt_lengths, jnp.int32)
+  )
   prefix_B = prompt_len_B if prefix_lm else None
 
   def call(variables, tokens_BT, index, encoded, enc_tokens, prefix_B):
-    logits, mutated = module.apply(variables, tokens_BT, index, cache_len, encoded, enc_tokens,
-                                   prefix_B, method="decode_step", mutable=["cache"])
+    logits, mutated = module.apply(
+      variables,
+      tokens_BT,
+      index,
+      cache_len,
+      encoded,
+      enc_tokens,
+      prefix_B,
+      method="decode_step",
+      mutable=["cache"],
+    )
     return logits, mutated["cache"]
 
-  logits_BPV, cache = call({"params": params}, prompt_BP, jnp.int32(0), encoded,
-                           encoder_input_tokens, prefix_B)
+  logits_BPV, cache = call(
+    {"params": params}, prompt_BP, jnp.int32(0), encoded, encoder_input_tokens, prefix_B
+  )
 
   def step(cache, tokens_BT, index, encoded, enc_tokens, prefix_B):
-    return call({"params": params, "cache": cache}, tokens_BT, index, encoded, enc_tokens,
-                prefix_B)
+    return call({"params": params, "cache": cache}, tokens_BT, index, encoded, enc_tokens, prefix_B)
 
-  return step, prompt_BP, prompt_len_B, logits_BPV, cache, (encoded, encoder_input_tokens,
-                                                            prefix_B)
+  return step, prompt_BP, prompt_len_B, logits_BPV, cache, (encoded, encoder_input_tokens, prefix_B)
 
 
 def _prompt_width(decoder_prompt_tokens) -> int:
@@ -169,14 +190,33 @@ def _filter_logits(logits_BV, top_k: int, top_p: float):
   return logits_BV
 
 
-def _sample_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
-                 decoder_prompt_lengths, rng, temperature, *, max_decode_length: int,
-                 greedy: bool, top_k: int, top_p: float, eos_id: int, prefix_lm: bool):
+def _sample_impl(
+  module,
+  params,
+  encoder_input_tokens,
+  decoder_prompt_tokens,
+  decoder_prompt_lengths,
+  rng,
+  temperature,
+  *,
+  max_decode_length: int,
+  greedy: bool,
+  top_k: int,
+  top_p: float,
+  eos_id: int,
+  prefix_lm: bool,
+):
   L, P = max_decode_length, _prompt_width(decoder_prompt_tokens)
   N = P + L
   step, prompt_BP, prompt_len_B, logits_BPV, cache, enc_args = _prefill(
-      module, params, encoder_input_tokens, decoder_prompt_tokens, decoder_prompt_lengths,
-      N - 1, prefix_lm)
+    module,
+    params,
+    encoder_input_tokens,
+    decoder_prompt_tokens,
+    decoder_prompt_lengths,
+    N - 1,
+    prefix_lm,
+  )
   B = prompt_BP.shape[0]
   seq_BN = jnp.zeros((B, N), jnp.int32).at[:, :P].set(prompt_BP)
   # only the real prompt is forced; anything right of it in the buffer must read as pad.
@@ -202,8 +242,9 @@ def _sample_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
 
   start = jnp.min(prompt_len_B) - 1  # last position that every row has in its prompt
   logits0_BV = jax.lax.dynamic_index_in_dim(logits_BPV, start, axis=1, keepdims=False)
-  carry = advance(start, seq_BN, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.float32),
-                  logits0_BV) + (cache,)
+  carry = advance(
+    start, seq_BN, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.float32), logits0_BV
+  ) + (cache,)
 
   def cond(carry):
     i, _, done_B, _, _ = carry
@@ -218,26 +259,55 @@ def _sample_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
   return DecodeResult(_continuation(seq_BN, prompt_len_B, L), logp_B, i - start)
 
 
-_SAMPLE_STATIC = ("module", "max_decode_length", "greedy", "top_k", "top_p", "eos_id",
-                  "prefix_lm")
+_SAMPLE_STATIC = ("module", "max_decode_length", "greedy", "top_k", "top_p", "eos_id", "prefix_lm")
 _sample_jit = jax.jit(_sample_impl, static_argnames=_SAMPLE_STATIC)
 
 
-def greedy_decode(module, params, *, encoder_input_tokens=None, decoder_prompt_tokens=None,
-                  decoder_prompt_lengths=None, max_decode_length: int, eos_id: int = 1,
-                  prefix_lm: bool = False) -> DecodeResult:
+def greedy_decode(
+  module,
+  params,
+  *,
+  encoder_input_tokens=None,
+  decoder_prompt_tokens=None,
+  decoder_prompt_lengths=None,
+  max_decode_length: int,
+  eos_id: int = 1,
+  prefix_lm: bool = False,
+) -> DecodeResult:
   """Argmax decoding. Returns tokens [B, L], scores [B] (sum of token log-probs), num_steps."""
   _check_inputs(module, encoder_input_tokens, decoder_prompt_tokens, max_decode_length)
-  return _sample_jit(module, params, encoder_input_tokens, decoder_prompt_tokens,
-                     decoder_prompt_lengths, None, None, max_decode_length=max_decode_length,
-                     greedy=True, top_k=0, top_p=1.0, eos_id=eos_id, prefix_lm=prefix_lm)
+  return _sample_jit(
+    module,
+    params,
+    encoder_input_tokens,
+    decoder_prompt_tokens,
+    decoder_prompt_lengths,
+    None,
+    None,
+    max_decode_length=max_decode_length,
+    greedy=True,
+    top_k=0,
+    top_p=1.0,
+    eos_id=eos_id,
+    prefix_lm=prefix_lm,
+  )
 
 
-def temperature_sample(module, params, rng, *, encoder_input_tokens=None,
-                       decoder_prompt_tokens=None, decoder_prompt_lengths=None,
-                       max_decode_length: int, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0, eos_id: int = 1,
-                       prefix_lm: bool = False) -> DecodeResult:
+def temperature_sample(
+  module,
+  params,
+  rng,
+  *,
+  encoder_input_tokens=None,
+  decoder_prompt_tokens=None,
+  decoder_prompt_lengths=None,
+  max_decode_length: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  eos_id: int = 1,
+  prefix_lm: bool = False,
+) -> DecodeResult:
   """Samples from softmax(logits / temperature), optionally restricted to the top-k tokens
   and/or the top-p nucleus (applied in that order). Deterministic given `rng`; the key for
   position t is `fold_in(rng, t)`. temperature=0 is greedy. Scores are the model's (untempered)
@@ -248,16 +318,33 @@ def temperature_sample(module, params, rng, *, encoder_input_tokens=None,
   if top_k < 0 or temperature < 0:
     raise ValueError(f"top_k={top_k}, temperature={temperature}; must be >= 0")
   if temperature == 0:
-    return greedy_decode(module, params, encoder_input_tokens=encoder_input_tokens,
-                         decoder_prompt_tokens=decoder_prompt_tokens,
-                         decoder_prompt_lengths=decoder_prompt_lengths,
-                         max_decode_length=max_decode_length, eos_id=eos_id, prefix_lm=prefix_lm)
+    return greedy_decode(
+      module,
+      params,
+      encoder_input_tokens=encoder_input_tokens,
+      decoder_prompt_tokens=decoder_prompt_tokens,
+      decoder_prompt_lengths=decoder_prompt_lengths,
+      max_decode_length=max_decode_length,
+      eos_id=eos_id,
+      prefix_lm=prefix_lm,
+    )
   if rng is None:
     raise ValueError("sampling needs a PRNG key (rng)")
-  return _sample_jit(module, params, encoder_input_tokens, decoder_prompt_tokens,
-                     decoder_prompt_lengths, rng, jnp.float32(temperature),
-                     max_decode_length=max_decode_length, greedy=False, top_k=int(top_k),
-                     top_p=float(top_p), eos_id=eos_id, prefix_lm=prefix_lm)
+  return _sample_jit(
+    module,
+    params,
+    encoder_input_tokens,
+    decoder_prompt_tokens,
+    decoder_prompt_lengths,
+    rng,
+    jnp.float32(temperature),
+    max_decode_length=max_decode_length,
+    greedy=False,
+    top_k=int(top_k),
+    top_p=float(top_p),
+    eos_id=eos_id,
+    prefix_lm=prefix_lm,
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,8 +397,12 @@ def _copy_rows(cache, src_R, dst_R, count, length):
     return cache
   # bf16 leaves are copied as their uint16 bits: XLA:CPU widens a bf16 dynamic-update-slice to
   # float32 and back, a whole-buffer copy per block (a bf16 T5.1.1-small beam: 7.2 s vs 2.6 s).
-  moved = [jax.lax.bitcast_convert_type(leaves[i], jnp.uint16)
-           if leaves[i].dtype == jnp.bfloat16 else leaves[i] for i in rows]
+  moved = [
+    jax.lax.bitcast_convert_type(leaves[i], jnp.uint16)
+    if leaves[i].dtype == jnp.bfloat16
+    else leaves[i]
+    for i in rows
+  ]
   N = moved[0].shape[-2]
   blk = min(_COPY_BLOCK, N)
   nblk = (length + blk - 1) // blk  # blocks per row
@@ -319,12 +410,15 @@ def _copy_rows(cache, src_R, dst_R, count, length):
   def body(carry):
     t, xs = carry
     j, start = t // nblk, (t % nblk) * blk  # a block past N - blk is clamped: still correct
+
     def copy(x):
       size = (1,) + x.shape[1:-2] + (blk, x.shape[-1])
       idx = lambda row: (row,) + (0,) * (x.ndim - 3) + (start, 0)
       block = jax.lax.dynamic_slice(x, idx(src_R[j]), size)
       return jax.lax.dynamic_update_slice(x, block, idx(dst_R[j]))
+
     return t + 1, [copy(x) for x in xs]
+
   moved = jax.lax.while_loop(lambda c: c[0] < count * nblk, body, (jnp.int32(0), moved))[1]
   for i, x in zip(rows, moved):
     leaves[i] = jax.lax.bitcast_convert_type(x, leaves[i].dtype)  # a no-op for unchanged dtypes
@@ -356,20 +450,37 @@ def _blocked_top_k(x_BM, k: int):
   return vals_Bk, idx_Bk.astype(jnp.int32)
 
 
-def _beam_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
-               decoder_prompt_lengths, *, max_decode_length: int, num_beams: int, alpha: float,
-               eos_id: int, prefix_lm: bool):
+def _beam_impl(
+  module,
+  params,
+  encoder_input_tokens,
+  decoder_prompt_tokens,
+  decoder_prompt_lengths,
+  *,
+  max_decode_length: int,
+  num_beams: int,
+  alpha: float,
+  eos_id: int,
+  prefix_lm: bool,
+):
   L, K, P = max_decode_length, num_beams, _prompt_width(decoder_prompt_tokens)
   N = P + L
   step, prompt_BP, prompt_len_B, logits_BPV, cache, enc_args = _prefill(
-      module, params, encoder_input_tokens, decoder_prompt_tokens, decoder_prompt_lengths,
-      N - 1, prefix_lm)
+    module,
+    params,
+    encoder_input_tokens,
+    decoder_prompt_tokens,
+    decoder_prompt_lengths,
+    N - 1,
+    prefix_lm,
+  )
   B, V = prompt_BP.shape[0], logits_BPV.shape[-1]
   # fold beams into the batch: self-attention cache row b * K + s is slot s of example b. The
   # encoder output and cross-attention K/V keep one row per example, shared by its beams.
   expand = lambda x: None if x is None else jnp.repeat(x, K, axis=0)
   cache = jax.tree_util.tree_map_with_path(
-      lambda path, x: x if _is_cross_attention_path(path) else expand(x), cache)
+    lambda path, x: x if _is_cross_attention_path(path) else expand(x), cache
+  )
   encoded, enc_tokens, prefix_B = enc_args
   enc_args = (encoded, enc_tokens, expand(prefix_B))
 
@@ -387,8 +498,9 @@ def _beam_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
   # Alive beams live in cache *slots* (row b * K + slot): their order in the state is the slot
   # order, not the score order, so a step only copies the cache rows of beams that branched off
   # a parent another beam also continues, instead of gathering the whole cache.
-  def advance(i, alive_seq, alive_logp, fin_seq, fin_score, fin_flag, cache, logits_BKV,
-              copy_cache=True):
+  def advance(
+    i, alive_seq, alive_logp, fin_seq, fin_score, fin_flag, cache, logits_BKV, copy_cache=True
+  ):
     pos = i + 1
     lp_BKV = jax.nn.log_softmax(logits_BKV.astype(jnp.float32), axis=-1)
     forced_B = pos < prompt_len_B
@@ -434,8 +546,9 @@ def _beam_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
   logits0_BV = jax.lax.dynamic_index_in_dim(logits_BPV, start, axis=1, keepdims=False)
   logits0_BKV = jnp.broadcast_to(logits0_BV[:, None], (B, K, V))
   # every slot holds the same (prompt) cache yet: nothing to copy on the first expansion.
-  carry = advance(start, alive_seq, alive_logp, fin_seq, fin_score, fin_flag, cache, logits0_BKV,
-                  copy_cache=False)
+  carry = advance(
+    start, alive_seq, alive_logp, fin_seq, fin_score, fin_flag, cache, logits0_BKV, copy_cache=False
+  )
 
   def cond(carry):
     i, _, alive_logp, _, fin_score, fin_flag, _ = carry
@@ -450,8 +563,7 @@ def _beam_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
     logits_X1V, cache = step(cache, tokens_X1, i, *enc_args)
     return advance(*carry[:-1], cache, logits_X1V.reshape(B, K, V))
 
-  i, alive_seq, alive_logp, fin_seq, fin_score, fin_flag, _ = jax.lax.while_loop(
-      cond, body, carry)
+  i, alive_seq, alive_logp, fin_seq, fin_score, fin_flag, _ = jax.lax.while_loop(cond, body, carry)
   # Every row finishes something by its last position; keep a fallback for safety.
   none_B = ~jnp.any(fin_flag, axis=1)
   alive_logp, best_BK = jax.lax.top_k(alive_logp, K)  # slot order -> score order
@@ -462,13 +574,25 @@ def _beam_impl(module, params, encoder_input_tokens, decoder_prompt_tokens,
   return DecodeResult(tokens, fin_score, i - start)
 
 
-_beam_jit = jax.jit(_beam_impl, static_argnames=("module", "max_decode_length", "num_beams",
-                                                 "alpha", "eos_id", "prefix_lm"))
+_beam_jit = jax.jit(
+  _beam_impl,
+  static_argnames=("module", "max_decode_length", "num_beams", "alpha", "eos_id", "prefix_lm"),
+)
 
 
-def beam_search(module, params, *, encoder_input_tokens=None, decoder_prompt_tokens=None,
-                decoder_prompt_lengths=None, max_decode_length: int, num_beams: int = 4,
-                alpha: float = 0.6, eos_id: int = 1, prefix_lm: bool = False) -> DecodeResult:
+def beam_search(
+  module,
+  params,
+  *,
+  encoder_input_tokens=None,
+  decoder_prompt_tokens=None,
+  decoder_prompt_lengths=None,
+  max_decode_length: int,
+  num_beams: int = 4,
+  alpha: float = 0.6,
+  eos_id: int = 1,
+  prefix_lm: bool = False,
+) -> DecodeResult:
   """T5X/T2T beam search with `num_beams` alive and `num_beams` finished hypotheses.
 
   Each step expands the alive beams into their 2K best continuations; those ending in EOS (or
@@ -483,9 +607,18 @@ def beam_search(module, params, *, encoder_input_tokens=None, decoder_prompt_tok
   _check_inputs(module, encoder_input_tokens, decoder_prompt_tokens, max_decode_length)
   if num_beams < 1 or alpha < 0:
     raise ValueError(f"num_beams={num_beams}, alpha={alpha}; need num_beams >= 1, alpha >= 0")
-  return _beam_jit(module, params, encoder_input_tokens, decoder_prompt_tokens,
-                   decoder_prompt_lengths, max_decode_length=max_decode_length,
-                   num_beams=num_beams, alpha=float(alpha), eos_id=eos_id, prefix_lm=prefix_lm)
+  return _beam_jit(
+    module,
+    params,
+    encoder_input_tokens,
+    decoder_prompt_tokens,
+    decoder_prompt_lengths,
+    max_decode_length=max_decode_length,
+    num_beams=num_beams,
+    alpha=float(alpha),
+    eos_id=eos_id,
+    prefix_lm=prefix_lm,
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,13 +626,18 @@ def beam_search(module, params, *, encoder_input_tokens=None, decoder_prompt_tok
 
 
 def shift_right(tokens_BT, start_id: int = 0):
-  return jnp.concatenate(
-      [jnp.full_like(tokens_BT[:, :1], start_id), tokens_BT[:, :-1]], axis=1)
+  return jnp.concatenate([jnp.full_like(tokens_BT[:, :1], start_id), tokens_BT[:, :-1]], axis=1)
 
 
-_SCORE_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids",
-                   "decoder_segment_ids", "encoder_positions", "decoder_positions",
-                   "decoder_causal_attention")
+_SCORE_FEATURES = (
+  "encoder_input_tokens",
+  "decoder_input_tokens",
+  "encoder_segment_ids",
+  "decoder_segment_ids",
+  "encoder_positions",
+  "decoder_positions",
+  "decoder_causal_attention",
+)
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
@@ -533,10 +671,23 @@ def score_sequences(module, params, batch: Mapping[str, Any]):
 # Entry point
 
 
-def decode(module, params, batch: Mapping[str, Any], *, method: str = "greedy",
-           max_decode_length: int, num_beams: int = 4, alpha: float = 0.6,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int = 1,
-           rng=None, prefix_lm: bool = False, return_all_beams: bool = False):
+def decode(
+  module,
+  params,
+  batch: Mapping[str, Any],
+  *,
+  method: str = "greedy",
+  max_decode_length: int,
+  num_beams: int = 4,
+  alpha: float = 0.6,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  eos_id: int = 1,
+  rng=None,
+  prefix_lm: bool = False,
+  return_all_beams: bool = False,
+):
   """Decodes a seqio-style batch; returns (tokens [B, L] int32, scores [B] float32).
 
   batch: `encoder_input_tokens` [B, S] for encoder-decoder models; `decoder_prompt_tokens`
@@ -547,16 +698,21 @@ def decode(module, params, batch: Mapping[str, Any], *, method: str = "greedy",
   summed log-probs (greedy/sample) or length-penalised log-probs (beam). With
   `return_all_beams` beam search returns [B, K, L] and [B, K], best first.
   """
-  kwargs = dict(encoder_input_tokens=batch.get("encoder_input_tokens"),
-                decoder_prompt_tokens=batch.get("decoder_prompt_tokens"),
-                decoder_prompt_lengths=batch.get("decoder_prompt_lengths"),
-                max_decode_length=max_decode_length, eos_id=eos_id, prefix_lm=prefix_lm)
+  kwargs = dict(
+    encoder_input_tokens=batch.get("encoder_input_tokens"),
+    decoder_prompt_tokens=batch.get("decoder_prompt_tokens"),
+    decoder_prompt_lengths=batch.get("decoder_prompt_lengths"),
+    max_decode_length=max_decode_length,
+    eos_id=eos_id,
+    prefix_lm=prefix_lm,
+  )
   kwargs = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
   if method == "greedy":
     out = greedy_decode(module, params, **kwargs)
   elif method == "sample":
-    out = temperature_sample(module, params, rng, temperature=temperature, top_k=top_k,
-                             top_p=top_p, **kwargs)
+    out = temperature_sample(
+      module, params, rng, temperature=temperature, top_k=top_k, top_p=top_p, **kwargs
+    )
   elif method == "beam":
     out = beam_search(module, params, num_beams=num_beams, alpha=alpha, **kwargs)
     if not return_all_beams:

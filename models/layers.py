@@ -35,8 +35,9 @@ def dot(x, kernel, dtype, contract_dims: int = 1, out_dtype=None):
   transposed matmuls a float32 cotangent and run them at float32 speed, half the bf16 rate.
   Each gradient comes back in its primal's dtype (float32 for the params).
   """
-  return _mixed_dot(x, kernel, jnp.dtype(dtype), contract_dims,
-                    jnp.dtype(dtype if out_dtype is None else out_dtype))
+  return _mixed_dot(
+    x, kernel, jnp.dtype(dtype), contract_dims, jnp.dtype(dtype if out_dtype is None else out_dtype)
+  )
 
 
 def _dot_dims(x_ndim: int, contract_dims: int):
@@ -50,8 +51,9 @@ def _mixed_dot(x, kernel, dtype, contract_dims, out_dtype):
 
 def _mixed_dot_fwd(x, kernel, dtype, contract_dims, out_dtype):
   x_c, k_c = x.astype(dtype), kernel.astype(dtype)
-  y = jax.lax.dot_general(x_c, k_c, _dot_dims(x.ndim, contract_dims),
-                          preferred_element_type=jnp.float32)
+  y = jax.lax.dot_general(
+    x_c, k_c, _dot_dims(x.ndim, contract_dims), preferred_element_type=jnp.float32
+  )
   # empty arrays carry the primal dtypes (residuals must be arrays) for the cotangents
   return y.astype(out_dtype), (x_c, k_c, jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
 
@@ -62,20 +64,27 @@ def _mixed_dot_bwd(dtype, contract_dims, out_dtype, residuals, g):
   n_batch = x_c.ndim - contract_dims  # x's leading (non-contracted) dims
   # dx[..., in] = g[..., out] . k[in, out]
   dx = jax.lax.dot_general(
-      g, k_c, ((tuple(range(n_batch, g.ndim)), tuple(range(contract_dims, k_c.ndim))), ((), ())),
-      preferred_element_type=jnp.float32)
+    g,
+    k_c,
+    ((tuple(range(n_batch, g.ndim)), tuple(range(contract_dims, k_c.ndim))), ((), ())),
+    preferred_element_type=jnp.float32,
+  )
   # dk[in, out] = x[..., in] . g[..., out], summed over the leading dims
   dk = jax.lax.dot_general(
-      x_c, g, ((tuple(range(n_batch)), tuple(range(n_batch))), ((), ())),
-      preferred_element_type=jnp.float32)
+    x_c,
+    g,
+    ((tuple(range(n_batch)), tuple(range(n_batch))), ((), ())),
+    preferred_element_type=jnp.float32,
+  )
   return dx.astype(x_like.dtype), dk.astype(kernel_like.dtype)
 
 
 _mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
 
 
-def dot_product_attention(q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS=None,
-                          dropout_rate: float = 0.0):
+def dot_product_attention(
+  q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS=None, dropout_rate: float = 0.0
+):
   """softmax(q·k + bias) · v for one layer, with T5X's roundings, and a backward pass of its own.
 
   `bias_BHTS` is None, an array or a tuple of arrays, each broadcastable to [B, H, T, S] and
@@ -88,18 +97,23 @@ def dot_product_attention(q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS=No
   XLA:CPU's fast dot (YNNPACK) cannot take as a left operand; they ran on Eigen at ~50 GFLOP/s.
   Here they multiply in `dtype` and contract the query axis through `_contract_queries`.
   """
-  biases = () if bias_BHTS is None else (
-      tuple(bias_BHTS) if isinstance(bias_BHTS, (tuple, list)) else (bias_BHTS,))
-  return _attention(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, jnp.dtype(dtype),
-                    float(dropout_rate))
+  biases = (
+    ()
+    if bias_BHTS is None
+    else (tuple(bias_BHTS) if isinstance(bias_BHTS, (tuple, list)) else (bias_BHTS,))
+  )
+  return _attention(
+    q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, jnp.dtype(dtype), float(dropout_rate)
+  )
 
 
 def _dropped(w_BHTS, keep_BHTS, rate):
   """nn.Dropout's arithmetic: kept entries divided by the keep rate, in w's dtype."""
   if keep_BHTS is None:
     return w_BHTS
-  return jnp.where(keep_BHTS, w_BHTS / jnp.asarray(1.0 - rate, w_BHTS.dtype),
-                   jnp.zeros((), w_BHTS.dtype))
+  return jnp.where(
+    keep_BHTS, w_BHTS / jnp.asarray(1.0 - rate, w_BHTS.dtype), jnp.zeros((), w_BHTS.dtype)
+  )
 
 
 def _contract_queries(a_BHTS, x_BTHK):
@@ -117,7 +131,8 @@ def _contract_queries(a_BHTS, x_BTHK):
     return jnp.einsum("bhts,bthk->bhsk", a_BHTS.astype(jnp.float32), x_BTHK.astype(jnp.float32))
   # the barrier keeps XLA's simplifier from folding the split back into one axis
   a_BHPTS, x_BPTHK = jax.lax.optimization_barrier(
-      (a_BHTS.reshape(B, H, 2, T // 2, S), x_BTHK.reshape(B, 2, T // 2, H, K)))
+    (a_BHTS.reshape(B, H, 2, T // 2, S), x_BTHK.reshape(B, 2, T // 2, H, K))
+  )
   return jnp.einsum("bhpts,bpthk->bhsk", a_BHPTS, x_BPTHK, preferred_element_type=jnp.float32)
 
 
@@ -136,8 +151,8 @@ def _sum_to_shape(x, shape):
   """
   while shape[0] == 1 and x.shape[0] > 1:
     n = x.shape[0] // 2
-    half = x[:n] + x[n:2 * n]
-    x = half.at[:1].add(x[2 * n:]) if x.shape[0] % 2 else half  # an odd row joins row 0
+    half = x[:n] + x[n : 2 * n]
+    x = half.at[:1].add(x[2 * n :]) if x.shape[0] % 2 else half  # an odd row joins row 0
   axes = tuple(i for i, (n, m) in enumerate(zip(x.shape, shape)) if m == 1 and n != 1)
   return jnp.sum(x, axis=axes, keepdims=True).reshape(shape)
 
@@ -150,15 +165,17 @@ def _attention(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate):
 def _attention_fwd(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate):
   # logits rounded to `dtype` (T5X's default), softmax in float32: in bf16 this halves the
   # traffic of the largest tensors, [B, H, T, S].
-  logits_BHTS = jnp.einsum("bthk,bhsk->bhts", q_BTHK, k_BHSK,
-                           preferred_element_type=jnp.float32).astype(dtype)
+  logits_BHTS = jnp.einsum(
+    "bthk,bhsk->bhts", q_BTHK, k_BHSK, preferred_element_type=jnp.float32
+  ).astype(dtype)
   logits_BHTS = logits_BHTS.astype(jnp.float32)
   if biases:
     # the terms summed first, then added: HF's order (position bias + mask, then + scores)
     logits_BHTS = logits_BHTS + functools.reduce(jnp.add, biases)
   w_BHTS = jax.nn.softmax(logits_BHTS, axis=-1).astype(dtype)
-  ctx_BHTK = jnp.einsum("bhts,bhsk->bhtk", _dropped(w_BHTS, keep_BHTS, rate), v_BHSK,
-                        preferred_element_type=jnp.float32).astype(dtype)
+  ctx_BHTK = jnp.einsum(
+    "bhts,bhsk->bhtk", _dropped(w_BHTS, keep_BHTS, rate), v_BHSK, preferred_element_type=jnp.float32
+  ).astype(dtype)
   return _heads_to_length_major(ctx_BHTK), (q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, w_BHTS)
 
 
@@ -166,18 +183,27 @@ def _attention_bwd(dtype, rate, residuals, g_BTHK):
   q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, w_BHTS = residuals
   g_BTHK = g_BTHK.astype(dtype)
   dv_BHSK = _contract_queries(_dropped(w_BHTS, keep_BHTS, rate), g_BTHK)
-  dw_BHTS = _dropped(jnp.einsum("bthk,bhsk->bhts", g_BTHK, v_BHSK,
-                                preferred_element_type=jnp.float32), keep_BHTS, rate)
+  dw_BHTS = _dropped(
+    jnp.einsum("bthk,bhsk->bhts", g_BTHK, v_BHSK, preferred_element_type=jnp.float32),
+    keep_BHTS,
+    rate,
+  )
   # softmax backward on the (rounded) weights the forward pass kept
   w32_BHTS = w_BHTS.astype(jnp.float32)
   dlogits_BHTS = w32_BHTS * (dw_BHTS - jnp.sum(dw_BHTS * w32_BHTS, axis=-1, keepdims=True))
   dl_BHTS = dlogits_BHTS.astype(dtype)
   dq_BTHK = _heads_to_length_major(
-      jnp.einsum("bhts,bhsk->bhtk", dl_BHTS, k_BHSK, preferred_element_type=jnp.float32))
+    jnp.einsum("bhts,bhsk->bhtk", dl_BHTS, k_BHSK, preferred_element_type=jnp.float32)
+  )
   dk_BHSK = _contract_queries(dl_BHTS, q_BTHK)
   dbiases = tuple(_sum_to_shape(dlogits_BHTS, b.shape).astype(b.dtype) for b in biases)
-  return (dq_BTHK.astype(q_BTHK.dtype), dk_BHSK.astype(k_BHSK.dtype),
-          dv_BHSK.astype(v_BHSK.dtype), dbiases, None)
+  return (
+    dq_BTHK.astype(q_BTHK.dtype),
+    dk_BHSK.astype(k_BHSK.dtype),
+    dv_BHSK.astype(v_BHSK.dtype),
+    dbiases,
+    None,
+  )
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -185,6 +211,7 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 class RMSNorm(nn.Module):
   """T5 layer norm: scale only, no mean subtraction, computed in float32."""
+
   epsilon: float
   dtype: jnp.dtype
 
@@ -202,8 +229,13 @@ class Embed(nn.Module):
   dtype: jnp.dtype
 
   def setup(self):
-    self.embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
-                            (self.vocab_size, self.features), ("vocab", "embed"))
+    self.embedding = _param(
+      self,
+      "embedding",
+      nn.initializers.normal(stddev=1.0),
+      (self.vocab_size, self.features),
+      ("vocab", "embed"),
+    )
 
   def __call__(self, tokens):
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
@@ -211,15 +243,18 @@ class Embed(nn.Module):
   def attend(self, x):
     """Tied output projection: x @ embedding.T, float32 logits."""
     return jax.lax.dot_general(
-        x.astype(self.dtype), self.embedding.astype(self.dtype),
-        (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+      x.astype(self.dtype),
+      self.embedding.astype(self.dtype),
+      (((x.ndim - 1,), (1,)), ((), ())),
+      preferred_element_type=jnp.float32,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Relative position bias
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
   """Bucket of each distance 0..max_distance (one direction), computed as HF/T5 do in float32.
 
@@ -231,15 +266,17 @@ def _bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
   n = np.arange(max_distance + 1)
   with np.errstate(divide="ignore"):
     large = max_exact + (
-        np.log(n.astype(np.float32) / np.float32(max_exact))
-        / np.float32(math.log(max_distance / max_exact))
-        * np.float32(num_buckets - max_exact))
+      np.log(n.astype(np.float32) / np.float32(max_exact))
+      / np.float32(math.log(max_distance / max_exact))
+      * np.float32(num_buckets - max_exact)
+    )
   large = np.minimum(np.where(n < max_exact, 0, large).astype(np.int64), num_buckets - 1)
   return np.where(n < max_exact, n, large).astype(np.int32)
 
 
-def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
-                             max_distance: int):
+def relative_position_bucket(
+  relative_position, bidirectional: bool, num_buckets: int, max_distance: int
+):
   """T5's log-spaced bucket of `key_pos - query_pos` (int array, any shape)."""
   if bidirectional:
     num_buckets //= 2
@@ -263,11 +300,12 @@ def _toeplitz(v_HL, T: int, S: int):
   H, L = v_HL.shape
   tiled = jnp.tile(jnp.pad(v_HL, ((0, 0), (0, 1))), (1, T))  # [H, T * (L + 1)]
   # row t, column j holds v[(j - t) mod (L + 1)]; columns T - 1 + s never wrap
-  return tiled[:, :T * L].reshape(H, T, L)[:, :, T - 1:]
+  return tiled[:, : T * L].reshape(H, T, L)[:, :, T - 1 :]
 
 
 class RelativePositionBias(nn.Module):
   """Per-head scalar bias from bucketed relative positions; one per stack, shared by its layers."""
+
   num_heads: int
   num_buckets: int
   max_distance: int
@@ -276,14 +314,19 @@ class RelativePositionBias(nn.Module):
   @nn.compact
   def __call__(self, query_length: int, key_length: int, query_offset=0):
     """Bias [1, H, T, S] for queries at positions query_offset + [0, T) and keys at [0, S)."""
-    rel_embedding = _param(self, "rel_embedding",
-                           nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
-                           (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
+    rel_embedding = _param(
+      self,
+      "rel_embedding",
+      nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+      (self.num_heads, self.num_buckets),
+      ("heads", "relpos_buckets"),
+    )
     T, S = query_length, key_length
     # the bias depends only on key - query, so gather one value per distance: -(T-1)..S-1
     distances_L = jnp.arange(T + S - 1) - (T - 1) - query_offset
-    buckets_L = relative_position_bucket(distances_L, self.bidirectional, self.num_buckets,
-                                         self.max_distance)
+    buckets_L = relative_position_bucket(
+      distances_L, self.bidirectional, self.num_buckets, self.max_distance
+    )
     return _toeplitz(jnp.take(rel_embedding, buckets_L, axis=1), T, S)[None]
 
 
@@ -304,6 +347,7 @@ class MultiHeadAttention(nn.Module):
       query rows (beam search keeps one row per example for all its beams), and `bias_BHTS`
       has the cache's rows (or 1).
   """
+
   config: T5Config
   deterministic: bool = True
   decode: bool = False
@@ -356,16 +400,19 @@ class MultiHeadAttention(nn.Module):
       q_BTHK = q_BTHK.reshape(B // group, group * T, H, K)
     keep_BHTS = None
     if not self.deterministic and cfg.dropout_rate > 0:
-      keep_BHTS = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.dropout_rate,
-                                       (B, H, T, k_BHSK.shape[2]))
-    ctx_BTHK = dot_product_attention(q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS,
-                                     cfg.dropout_rate).reshape(B, T, H, K)
+      keep_BHTS = jax.random.bernoulli(
+        self.make_rng("dropout"), 1.0 - cfg.dropout_rate, (B, H, T, k_BHSK.shape[2])
+      )
+    ctx_BTHK = dot_product_attention(
+      q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS, cfg.dropout_rate
+    ).reshape(B, T, H, K)
     ctx_BTHK = nn.with_logical_constraint(ctx_BTHK, ("batch", "length", "heads", "kv"))
     return dot(ctx_BTHK, out, dtype, contract_dims=2)
 
 
 class MLP(nn.Module):
   """Gated (GEGLU: gelu * linear) or plain (ReLU) feed-forward block."""
+
   config: T5Config
   deterministic: bool = True
 
@@ -390,9 +437,9 @@ class MLP(nn.Module):
 
 def _activation(name: str):
   return {
-      "relu": jax.nn.relu,
-      # tanh approximation: what T5X's nn.gelu and HF's "gated-gelu" (gelu_new) compute.
-      "gelu": functools.partial(jax.nn.gelu, approximate=True),
-      "silu": jax.nn.silu,
-      "linear": lambda x: x,
+    "relu": jax.nn.relu,
+    # tanh approximation: what T5X's nn.gelu and HF's "gated-gelu" (gelu_new) compute.
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),
+    "silu": jax.nn.silu,
+    "linear": lambda x: x,
   }[name]

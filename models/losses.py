@@ -7,7 +7,7 @@ scalar loss and a metrics dict out.
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Union
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +17,13 @@ import numpy as np
 NORMALIZE_SUM = "sum"  # no normalisation
 NORMALIZE_PER_TOKEN = "per_token"  # by the number of real (weighted) target tokens
 NORMALIZE_PER_SEQUENCE = "per_sequence"  # mean over sequences of each one's mean token loss
-LossNormalizingFactor = Union[float, str]
+LossNormalizingFactor = float | str
 _NAMED = (NORMALIZE_SUM, NORMALIZE_PER_TOKEN, NORMALIZE_PER_SEQUENCE)
 
 
-def cross_entropy_with_logits(logits_BTV, targets_BT, z_loss: float = 1e-4,
-                              label_smoothing: float = 0.0):
+def cross_entropy_with_logits(
+  logits_BTV, targets_BT, z_loss: float = 1e-4, label_smoothing: float = 0.0
+):
   """Per-token loss and z-loss, both [B, T] float32.
 
   z-loss adds `z_loss * log(Z)^2` (Z the softmax normaliser) to keep logits from drifting.
@@ -87,8 +88,7 @@ _token_loss.defvjp(_token_loss_fwd, _token_loss_bwd)
 def _normalize(total, weights_BT, factor: LossNormalizingFactor, per_token_BT):
   if isinstance(factor, str):
     if factor not in _NAMED:
-      raise ValueError(f"loss_normalizing_factor={factor!r}; expected a number or one of "
-                       f"{_NAMED}")
+      raise ValueError(f"loss_normalizing_factor={factor!r}; expected a number or one of {_NAMED}")
     if factor == NORMALIZE_SUM:
       return total
     if factor == NORMALIZE_PER_TOKEN:
@@ -99,44 +99,68 @@ def _normalize(total, weights_BT, factor: LossNormalizingFactor, per_token_BT):
   return total / factor
 
 
-def compute_loss(logits_BTV, targets_BT, weights_BT=None, *, z_loss: float = 1e-4,
-                 label_smoothing: float = 0.0,
-                 loss_normalizing_factor: LossNormalizingFactor = NORMALIZE_PER_TOKEN):
+def compute_loss(
+  logits_BTV,
+  targets_BT,
+  weights_BT=None,
+  *,
+  z_loss: float = 1e-4,
+  label_smoothing: float = 0.0,
+  loss_normalizing_factor: LossNormalizingFactor = NORMALIZE_PER_TOKEN,
+):
   """Scalar loss and metrics for a batch. `weights_BT` defaults to `targets > 0`."""
   if weights_BT is None:
-    weights_BT = (targets_BT > 0)
+    weights_BT = targets_BT > 0
   weights_BT = weights_BT.astype(jnp.float32)
   loss_BT, z_loss_BT = cross_entropy_with_logits(logits_BTV, targets_BT, z_loss, label_smoothing)
   loss = _normalize(jnp.sum(loss_BT * weights_BT), weights_BT, loss_normalizing_factor, loss_BT)
-  z = _normalize(jnp.sum(z_loss_BT * weights_BT), weights_BT, loss_normalizing_factor,
-                 z_loss_BT)
+  z = _normalize(jnp.sum(z_loss_BT * weights_BT), weights_BT, loss_normalizing_factor, z_loss_BT)
   correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
   num_tokens = jnp.sum(weights_BT)
   metrics = {
-      "loss": loss,
-      "z_loss": z,
-      "cross_ent_loss": loss - z,
-      "accuracy": jnp.sum(correct_BT * weights_BT) / jnp.maximum(num_tokens, 1e-8),
-      "num_target_tokens": num_tokens,
-      "num_sequences": jnp.sum(jnp.any(weights_BT > 0, axis=-1)).astype(jnp.float32),
+    "loss": loss,
+    "z_loss": z,
+    "cross_ent_loss": loss - z,
+    "accuracy": jnp.sum(correct_BT * weights_BT) / jnp.maximum(num_tokens, 1e-8),
+    "num_target_tokens": num_tokens,
+    "num_sequences": jnp.sum(jnp.any(weights_BT > 0, axis=-1)).astype(jnp.float32),
   }
   return loss, metrics
 
 
-def loss_fn(module, params, batch: Mapping[str, jax.Array], dropout_rng=None, *,
-            z_loss: float = 1e-4, label_smoothing: float = 0.0,
-            loss_normalizing_factor: LossNormalizingFactor = NORMALIZE_PER_TOKEN):
+def loss_fn(
+  module,
+  params,
+  batch: Mapping[str, jax.Array],
+  dropout_rng=None,
+  *,
+  z_loss: float = 1e-4,
+  label_smoothing: float = 0.0,
+  loss_normalizing_factor: LossNormalizingFactor = NORMALIZE_PER_TOKEN,
+):
   """Teacher-forced loss of `module` (a `network.Transformer`) on a feature-converter batch.
 
   Uses `decoder_loss_weights` when the batch has it (seqio sets it for packed and prefix-LM
   data), else `decoder_target_tokens > 0`. Dropout is on when `dropout_rng` is given.
   """
-  inputs = {k: batch[k] for k in (
-      "encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids",
-      "decoder_segment_ids", "decoder_causal_attention") if k in batch}
+  inputs = {
+    k: batch[k]
+    for k in (
+      "encoder_input_tokens",
+      "decoder_input_tokens",
+      "encoder_segment_ids",
+      "decoder_segment_ids",
+      "decoder_causal_attention",
+    )
+    if k in batch
+  }
   rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-  logits = module.apply({"params": params}, **inputs, deterministic=dropout_rng is None,
-                        rngs=rngs)
-  return compute_loss(logits, batch["decoder_target_tokens"], batch.get("decoder_loss_weights"),
-                      z_loss=z_loss, label_smoothing=label_smoothing,
-                      loss_normalizing_factor=loss_normalizing_factor)
+  logits = module.apply({"params": params}, **inputs, deterministic=dropout_rng is None, rngs=rngs)
+  return compute_loss(
+    logits,
+    batch["decoder_target_tokens"],
+    batch.get("decoder_loss_weights"),
+    z_loss=z_loss,
+    label_smoothing=label_smoothing,
+    loss_normalizing_factor=loss_normalizing_factor,
+  )

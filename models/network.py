@@ -19,9 +19,9 @@ from models import layers
 from models.config import T5Config
 
 _REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    # keep weight matmul outputs, recompute the cheap elementwise work and attention.
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  # keep weight matmul outputs, recompute the cheap elementwise work and attention.
+  "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -76,18 +76,19 @@ class DecoderLayer(nn.Module):
 def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x, args, **layer_attrs):
   """Applies `num_layers` copies of `layer_cls`, scanned or unrolled, with optional remat."""
   if cfg.remat_policy != "none":
-    layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy],
-                         prevent_cse=not cfg.scan_layers)
+    layer_cls = nn.remat(
+      layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
+    )
   if cfg.scan_layers:
     stack = nn.scan(
-        layer_cls,
-        # cache leaves keep batch first ([B, layers, ...]) so decoding can reorder beams
-        # without knowing whether layers are scanned.
-        variable_axes={"params": 0, "cache": 1},
-        split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast,) * len(args),
-        length=num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
+      layer_cls,
+      # cache leaves keep batch first ([B, layers, ...]) so decoding can reorder beams
+      # without knowing whether layers are scanned.
+      variable_axes={"params": 0, "cache": 1},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast,) * len(args),
+      length=num_layers,
+      metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers", **layer_attrs)
     x, _ = stack(x, *args)
     return x
@@ -108,51 +109,87 @@ class Encoder(nn.Module):
     if segment_ids_BS is not None:
       key_ok = key_ok & (segment_ids_BS[:, None, :, None] == segment_ids_BS[:, None, None, :])
     # (mask, position bias): summed inside the attention, so each keeps its own gradient shape
-    bias_BHSS = (mask_to_bias(key_ok), layers.RelativePositionBias(
-        cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-        bidirectional=True, name="relpos_bias")(S, S))
+    bias_BHSS = (
+      mask_to_bias(key_ok),
+      layers.RelativePositionBias(
+        cfg.num_heads,
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+        bidirectional=True,
+        name="relpos_bias",
+      )(S, S),
+    )
     x = self.token_embedder(tokens_BS)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    x = _run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, (bias_BHSS,),
-                    deterministic=deterministic)
+    x = _run_layers(
+      cfg, EncoderLayer, cfg.num_encoder_layers, x, (bias_BHSS,), deterministic=deterministic
+    )
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
     return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
 
 
 class Decoder(nn.Module):
   """Decoder stack; with `encoded=None` it is a decoder-only LM (no cross-attention)."""
+
   config: T5Config
   token_embedder: layers.Embed
 
   @nn.compact
-  def __call__(self, tokens_BT, self_mask_BHTS, encoded_BSD=None, cross_mask_BHTS=None, *,
-               deterministic=True, decode=False, cache_index=None, max_length=None):
+  def __call__(
+    self,
+    tokens_BT,
+    self_mask_BHTS,
+    encoded_BSD=None,
+    cross_mask_BHTS=None,
+    *,
+    deterministic=True,
+    decode=False,
+    cache_index=None,
+    max_length=None,
+  ):
     cfg = self.config
     T = tokens_BT.shape[1]
     # decoding: queries at [cache_index, cache_index + T) over the whole cache
     key_length, query_offset = (max_length, cache_index) if decode else (T, 0)
-    bias = (mask_to_bias(self_mask_BHTS), layers.RelativePositionBias(
-        cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-        bidirectional=False, name="relpos_bias")(T, key_length, query_offset))
+    bias = (
+      mask_to_bias(self_mask_BHTS),
+      layers.RelativePositionBias(
+        cfg.num_heads,
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+        bidirectional=False,
+        name="relpos_bias",
+      )(T, key_length, query_offset),
+    )
     cross_bias = None if cross_mask_BHTS is None else mask_to_bias(cross_mask_BHTS)
     x = self.token_embedder(tokens_BT)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    x = _run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, x,
-                    (bias, encoded_BSD, cross_bias, cache_index),
-                    deterministic=deterministic, decode=decode,
-                    cross_attention=encoded_BSD is not None, max_length=max_length)
+    x = _run_layers(
+      cfg,
+      DecoderLayer,
+      cfg.num_decoder_layers,
+      x,
+      (bias, encoded_BSD, cross_bias, cache_index),
+      deterministic=deterministic,
+      decode=decode,
+      cross_attention=encoded_BSD is not None,
+      max_length=max_length,
+    )
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     if cfg.logits_via_embedding:
       logits = self.token_embedder.attend(x) / jnp.sqrt(cfg.d_model).astype(jnp.float32)
     else:
       kernel = self.param(
-          "logits_dense",
-          nn.with_logical_partitioning(nn.initializers.variance_scaling(
-              1.0, "fan_in", "truncated_normal"), ("embed", "vocab")),
-          (cfg.d_model, cfg.vocab_size), jnp.float32)
+        "logits_dense",
+        nn.with_logical_partitioning(
+          nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"), ("embed", "vocab")
+        ),
+        (cfg.d_model, cfg.vocab_size),
+        jnp.float32,
+      )
       logits = layers.dot(x, kernel, cfg.activation_dtype, out_dtype=jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
@@ -172,6 +209,7 @@ class Transformer(nn.Module):
     decode        teacher-forced decoder logits given an encoder output.
     decode_step   cached decoding: logits for T new tokens at [cache_index, cache_index + T).
   """
+
   config: T5Config
 
   def setup(self):
@@ -185,24 +223,47 @@ class Transformer(nn.Module):
   def is_encoder_decoder(self) -> bool:
     return self.config.architecture == "encoder_decoder"
 
-  def __call__(self, encoder_input_tokens=None, decoder_input_tokens=None,
-               decoder_target_tokens=None, encoder_segment_ids=None, decoder_segment_ids=None,
-               encoder_positions=None, decoder_positions=None, decoder_causal_attention=None,
-               deterministic=True):
+  def __call__(
+    self,
+    encoder_input_tokens=None,
+    decoder_input_tokens=None,
+    decoder_target_tokens=None,
+    encoder_segment_ids=None,
+    decoder_segment_ids=None,
+    encoder_positions=None,
+    decoder_positions=None,
+    decoder_causal_attention=None,
+    deterministic=True,
+  ):
     # *_positions are accepted for the feature-converter contract; relative attention only
     # needs position differences inside a segment, which arange already gives.
     del encoder_positions, decoder_positions, decoder_target_tokens
     encoded = None
     if self.is_encoder_decoder:
       encoded = self.encode(encoder_input_tokens, encoder_segment_ids, deterministic)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
-                       decoder_segment_ids, decoder_causal_attention, deterministic)
+    return self.decode(
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      encoder_segment_ids,
+      decoder_segment_ids,
+      decoder_causal_attention,
+      deterministic,
+    )
 
   def encode(self, encoder_input_tokens, encoder_segment_ids=None, deterministic=True):
     return self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic=deterministic)
 
-  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
-             decoder_segment_ids=None, decoder_causal_attention=None, deterministic=True):
+  def decode(
+    self,
+    encoded,
+    encoder_input_tokens,
+    decoder_input_tokens,
+    encoder_segment_ids=None,
+    decoder_segment_ids=None,
+    decoder_causal_attention=None,
+    deterministic=True,
+  ):
     T = decoder_input_tokens.shape[1]
     pos = jnp.arange(T)
     self_mask = (pos[None, :] <= pos[:, None])[None, None]  # [1, 1, T, T] causal
@@ -213,12 +274,21 @@ class Transformer(nn.Module):
     cross_mask = None
     if encoded is not None:
       cross_mask = (encoder_input_tokens > 0)[:, None, None, :] & _segment_mask(
-          decoder_segment_ids, encoder_segment_ids)
-    return self.decoder(decoder_input_tokens, self_mask, encoded, cross_mask,
-                        deterministic=deterministic)
+        decoder_segment_ids, encoder_segment_ids
+      )
+    return self.decoder(
+      decoder_input_tokens, self_mask, encoded, cross_mask, deterministic=deterministic
+    )
 
-  def decode_step(self, decoder_input_tokens_BT, cache_index, max_length: int, encoded=None,
-                  encoder_input_tokens=None, prefix_length_B=None):
+  def decode_step(
+    self,
+    decoder_input_tokens_BT,
+    cache_index,
+    max_length: int,
+    encoded=None,
+    encoder_input_tokens=None,
+    prefix_length_B=None,
+  ):
     """Logits [B, T, V] for tokens at positions [cache_index, cache_index + T), using and
     updating the 'cache' collection (call with `mutable=['cache']`).
 
@@ -237,6 +307,13 @@ class Transformer(nn.Module):
     cross_mask = None
     if encoded is not None:
       cross_mask = (encoder_input_tokens > 0)[:, None, None, :]
-    return self.decoder(decoder_input_tokens_BT, self_mask, encoded, cross_mask,
-                        deterministic=True, decode=True, cache_index=cache_index,
-                        max_length=max_length)
+    return self.decoder(
+      decoder_input_tokens_BT,
+      self_mask,
+      encoded,
+      cross_mask,
+      deterministic=True,
+      decode=True,
+      cache_index=cache_index,
+      max_length=max_length,
+    )

@@ -31,15 +31,17 @@ import contextlib
 import functools
 import inspect
 import math
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-MeshAxes = Union[None, str, tuple[str, ...]]
+MeshAxes = None | str | tuple[str, ...]
 Rules = tuple[tuple[str, MeshAxes], ...]
 
 BATCH = ("replica", "data")  # the batch splits over every data-parallel axis
@@ -48,34 +50,55 @@ _NOT_SHARDED = (("layers", None), ("length", None), ("relpos_buckets", None), ("
 # Order matters (see the module docstring): batch first, then a dim's preferred mesh axis, then
 # alternatives used when a param lacks the preferred dim or its size does not divide the axis.
 RULES: dict[str, Rules] = {
-    "data_parallel": (
-        ("batch", BATCH),
-        ("vocab", None), ("embed", None), ("heads", None), ("mlp", None),
-    ) + _NOT_SHARDED,
-    "fsdp": (
-        ("batch", BATCH),
-        ("embed", "data"),
-        ("vocab", "data"), ("mlp", "data"), ("heads", "data"),
-    ) + _NOT_SHARDED,
-    "tensor": (
-        ("batch", BATCH),
-        ("heads", "model"), ("mlp", "model"), ("vocab", "model"),
-        ("embed", None),
-    ) + _NOT_SHARDED,
-    "2d": (
-        ("batch", BATCH),
-        ("heads", "model"), ("mlp", "model"), ("vocab", "model"),
-        ("embed", "data"),
-        ("vocab", "data"), ("mlp", "data"), ("heads", "data"),
-    ) + _NOT_SHARDED,
+  "data_parallel": (
+    ("batch", BATCH),
+    ("vocab", None),
+    ("embed", None),
+    ("heads", None),
+    ("mlp", None),
+  )
+  + _NOT_SHARDED,
+  "fsdp": (
+    ("batch", BATCH),
+    ("embed", "data"),
+    ("vocab", "data"),
+    ("mlp", "data"),
+    ("heads", "data"),
+  )
+  + _NOT_SHARDED,
+  "tensor": (
+    ("batch", BATCH),
+    ("heads", "model"),
+    ("mlp", "model"),
+    ("vocab", "model"),
+    ("embed", None),
+  )
+  + _NOT_SHARDED,
+  "2d": (
+    ("batch", BATCH),
+    ("heads", "model"),
+    ("mlp", "model"),
+    ("vocab", "model"),
+    ("embed", "data"),
+    ("vocab", "data"),
+    ("mlp", "data"),
+    ("heads", "data"),
+  )
+  + _NOT_SHARDED,
 }
 
 # ----------------------------------------------------------------------------------------------
 # Mesh
 
 
-def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None, *, data: int = -1,
-              model: int = 1, replica: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(
+  shape: Mapping[str, int] | Sequence[int] | None = None,
+  *,
+  data: int = -1,
+  model: int = 1,
+  replica: int = 1,
+  devices: Sequence[Any] | None = None,
+) -> Mesh:
   """A mesh ('data', 'model'), or ('replica', 'data', 'model') when replica > 1, of Auto axes.
 
   `shape` may be a dict of those names or a tuple (data, model) / (replica, data, model);
@@ -102,16 +125,20 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None, *, data: i
   known = math.prod(v for v in sizes.values() if v != -1)
   if free:
     if n % known:
-      raise ValueError(f"mesh shape {sizes} does not divide the {n} devices "
-                       f"({n} is not a multiple of {known})")
+      raise ValueError(
+        f"mesh shape {sizes} does not divide the {n} devices ({n} is not a multiple of {known})"
+      )
     sizes[free[0]] = n // known
   if math.prod(sizes.values()) != n:
-    raise ValueError(f"mesh shape {sizes} needs {math.prod(sizes.values())} devices, but "
-                     f"{n} devices are available; the product of the sizes must equal the "
-                     f"device count")
+    raise ValueError(
+      f"mesh shape {sizes} needs {math.prod(sizes.values())} devices, but "
+      f"{n} devices are available; the product of the sizes must equal the "
+      f"device count"
+    )
   names = ("data", "model") if sizes["replica"] == 1 else ("replica", "data", "model")
-  return jax.make_mesh(tuple(sizes[k] for k in names), names,
-                       axis_types=(AxisType.Auto,) * len(names), devices=devices)
+  return jax.make_mesh(
+    tuple(sizes[k] for k in names), names, axis_types=(AxisType.Auto,) * len(names), devices=devices
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,19 +211,23 @@ def logical_specs(boxed_tree, mesh: Mesh, rules: str | Sequence) -> Any:
 
 def param_shardings(boxed_tree, mesh: Mesh, rules: str | Sequence) -> Any:
   """NamedSharding per param for boxed params, concrete or abstract (`abstract_params`)."""
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), logical_specs(boxed_tree, mesh, rules),
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+    lambda s: NamedSharding(mesh, s),
+    logical_specs(boxed_tree, mesh, rules),
+    is_leaf=lambda x: isinstance(x, P),
+  )
 
 
 def batch_sharding(mesh: Mesh, rules: str | Sequence) -> NamedSharding:
   """Sharding of every [B, L] feature-converter array (use it as a pytree prefix)."""
-  return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", "length"),
-                                                     logical_axis_rules(rules, mesh)))
+  return NamedSharding(
+    mesh, nn.logical_to_mesh_axes(("batch", "length"), logical_axis_rules(rules, mesh))
+  )
 
 
 def _drop(spec: P, ndim: int, dim: int) -> P:
   full = tuple(spec) + (None,) * (ndim - len(spec))
-  return P(*(full[:dim] + full[dim + 1:]))
+  return P(*(full[:dim] + full[dim + 1 :]))
 
 
 def opt_state_shardings(tx, abstract_params, param_shardings_tree) -> Any:
@@ -222,9 +253,9 @@ def opt_state_shardings(tx, abstract_params, param_shardings_tree) -> Any:
   def leaf_sharding(path, leaf):
     path = tuple(path)
     for k in lengths:
-      if k <= len(path) and path[len(path) - k:] in by_path:
-        pshape, psharding = by_path[path[len(path) - k:]]
-        prefix = path[:len(path) - k]
+      if k <= len(path) and path[len(path) - k :] in by_path:
+        pshape, psharding = by_path[path[len(path) - k :]]
+        prefix = path[: len(path) - k]
         break
     else:
       return replicated
@@ -233,7 +264,7 @@ def opt_state_shardings(tx, abstract_params, param_shardings_tree) -> Any:
       return psharding
     if len(shape) != len(pshape) - 1:
       return replicated
-    fits = [d for d in range(len(pshape)) if pshape[:d] + pshape[d + 1:] == shape]
+    fits = [d for d in range(len(pshape)) if pshape[:d] + pshape[d + 1 :] == shape]
     field = getattr(prefix[-1], "name", None) if prefix else None
     if field in ("v_row", "v_col") and len(pshape) >= 2:
       d1, d0 = np.argsort(pshape)[-2:]  # optax.adafactor: v_row drops d0, v_col drops d1
@@ -292,20 +323,23 @@ def _model_inputs(module: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]
 
 def abstract_params(module: nn.Module, example_batch: Mapping[str, Any]) -> Any:
   """Boxed params of `module` as ShapeDtypeStructs (nothing computed or allocated)."""
-  inputs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-            for k, v in _model_inputs(module, example_batch).items()}
-  return jax.eval_shape(lambda rng, x: module.init(rng, **x)["params"],
-                        jax.random.key(0), inputs)
+  inputs = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+    for k, v in _model_inputs(module, example_batch).items()
+  }
+  return jax.eval_shape(lambda rng, x: module.init(rng, **x)["params"], jax.random.key(0), inputs)
 
 
-def init_sharded(module: nn.Module, rng, example_batch: Mapping[str, Any], mesh: Mesh,
-                 rules: str | Sequence):
+def init_sharded(
+  module: nn.Module, rng, example_batch: Mapping[str, Any], mesh: Mesh, rules: str | Sequence
+):
   """Unboxed params initialised directly into their shardings; returns (params, shardings).
 
   Only shapes/dtypes of `example_batch` matter (arrays or ShapeDtypeStructs).
   """
-  shapes = {k: (tuple(v.shape), jnp.dtype(v.dtype))
-            for k, v in _model_inputs(module, example_batch).items()}
+  shapes = {
+    k: (tuple(v.shape), jnp.dtype(v.dtype)) for k, v in _model_inputs(module, example_batch).items()
+  }
   shardings = param_shardings(abstract_params(module, example_batch), mesh, rules)
 
   def init(rng):

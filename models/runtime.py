@@ -26,15 +26,15 @@ import platform
 import sys
 
 CPU_XLA_FLAGS = (
-    "--xla_cpu_experimental_onednn_custom_call=true",
-    # the concurrency-optimised scheduler runs big matmuls side by side on 2 cores, each slower.
-    "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+  "--xla_cpu_experimental_onednn_custom_call=true",
+  # the concurrency-optimised scheduler runs big matmuls side by side on 2 cores, each slower.
+  "--xla_cpu_enable_concurrency_optimized_scheduler=false",
 )
 MALLOC_TUNABLES = (
-    "glibc.malloc.arena_max=1",  # every thread on the main arena, whose heap grows with brk
-    "glibc.malloc.mmap_max=0",  # big blocks from that heap, not from a fresh mmap each
-    "glibc.malloc.trim_threshold=1099511627776",  # 1 TiB: freed memory stays for the next step
-    "glibc.malloc.hugetlb=1",  # madvise(MADV_HUGEPAGE): the heap in 2 MiB pages
+  "glibc.malloc.arena_max=1",  # every thread on the main arena, whose heap grows with brk
+  "glibc.malloc.mmap_max=0",  # big blocks from that heap, not from a fresh mmap each
+  "glibc.malloc.trim_threshold=1099511627776",  # 1 TiB: freed memory stays for the next step
+  "glibc.malloc.hugetlb=1",  # madvise(MADV_HUGEPAGE): the heap in 2 MiB pages
 )
 
 
@@ -61,8 +61,12 @@ def configure(environ=os.environ, extra_xla_flags=(), reexec: bool = False) -> N
 def needs_malloc_reexec(environ=os.environ) -> bool:
   """Whether a restart would add `MALLOC_TUNABLES`: Linux with glibc, one of them not yet set,
   not opted out."""
-  return (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-          and bool(_missing_tunables(environ)) and not environ.get("XT5_NO_REEXEC"))
+  return (
+    sys.platform.startswith("linux")
+    and platform.libc_ver()[0] == "glibc"
+    and bool(_missing_tunables(environ))
+    and not environ.get("XT5_NO_REEXEC")
+  )
 
 
 def _missing_tunables(environ):

@@ -13,13 +13,25 @@ tf.config.set_visible_devices([], "GPU")
 
 from tasks import builtin, tfds_tasks  # noqa: E402
 from tasks.pipeline import EmptyDatasetError, as_numpy, feature_converter, get_dataset
-from tasks.registry import (UnknownTaskError, add_examples_task, add_language_mixture, get,
-                            mixing_proportions)
+from tasks.registry import (
+  UnknownTaskError,
+  add_examples_task,
+  add_language_mixture,
+  get,
+  mixing_proportions,
+)
 
 builtin.register()
 tfds_tasks.register()
 
 __all__ = [
-    "EmptyDatasetError", "UnknownTaskError", "add_examples_task", "add_language_mixture",
-    "as_numpy", "feature_converter", "get", "get_dataset", "mixing_proportions",
+  "EmptyDatasetError",
+  "UnknownTaskError",
+  "add_examples_task",
+  "add_language_mixture",
+  "as_numpy",
+  "feature_converter",
+  "get",
+  "get_dataset",
+  "mixing_proportions",
 ]

@@ -1,4 +1,4 @@
-"""Tasks and mixtures on the built-in corpora (GNOME Help + UDHR; `python -m tasks.corpora prepare`).
+"""Tasks and mixtures on the built-in corpora (GNOME Help + UDHR; `tasks.corpora prepare`).
 
 Names (language tags with `-` as `_`, since seqio names allow no hyphens):
   mono.{lang}, byt5_mono.{lang}              span corruption (subword span 3 / bytes span 20)
@@ -21,7 +21,15 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tasks import corpora, language_sampling, metrics, preprocessors, registry, span_corruption, vocab
+from tasks import (
+  corpora,
+  language_sampling,
+  metrics,
+  preprocessors,
+  registry,
+  span_corruption,
+  vocab,
+)
 
 # The quickstart's translation pairs; each gets the same share as the whole span-corruption mix.
 MULTITASK_TARGETS = ("de", "fr", "es")
@@ -29,190 +37,241 @@ BYT5_MEAN_NOISE_SPAN = 20.0
 
 
 def task_suffix(tag: str) -> str:
-    return tag.replace("-", "_")
+  return tag.replace("-", "_")
 
 
 class BuiltinTfdsSource(seqio.TfdsDataSource):
-    """A TFDS source over the prepared built-in corpora; if they are missing, the error says
-    `python -m tasks.corpora prepare` instead of TFDS's dataset-not-found."""
+  """A TFDS source over the prepared built-in corpora; if they are missing, the error says
+  `python -m tasks.corpora prepare` instead of TFDS's dataset-not-found."""
 
-    def __init__(self, tfds_name: str, data_dir=None, splits=None):
-        super().__init__(tfds_name, tfds_data_dir=str(corpora.tfds_data_dir(data_dir)), splits=splits)
-        self._data_dir = data_dir
+  def __init__(self, tfds_name: str, data_dir=None, splits=None):
+    super().__init__(tfds_name, tfds_data_dir=str(corpora.tfds_data_dir(data_dir)), splits=splits)
+    self._data_dir = data_dir
 
-    def get_dataset(self, *args, **kwargs):
-        corpora.require_prepared(self.tfds_dataset.name, self._data_dir)
-        return super().get_dataset(*args, **kwargs)
+  def get_dataset(self, *args, **kwargs):
+    corpora.require_prepared(self.tfds_dataset.name, self._data_dir)
+    return super().get_dataset(*args, **kwargs)
 
-    def list_shards(self, split):  # seqio asks this first when a host reads its shard
-        corpora.require_prepared(self.tfds_dataset.name, self._data_dir)
-        return super().list_shards(split)
+  def list_shards(self, split):  # seqio asks this first when a host reads its shard
+    corpora.require_prepared(self.tfds_dataset.name, self._data_dir)
+    return super().list_shards(split)
 
-    def num_input_examples(self, split):
-        corpora.require_prepared(self.tfds_dataset.name, self._data_dir)
-        return super().num_input_examples(split)
+  def num_input_examples(self, split):
+    corpora.require_prepared(self.tfds_dataset.name, self._data_dir)
+    return super().num_input_examples(split)
 
 
 class SampledMonolingualSource(seqio.DataSource):
-    """Every language of `xt5_monolingual` in one stream.
+  """Every language of `xt5_monolingual` in one stream.
 
-    train: endless; language l's share of the characters is ∝ n_l ** alpha (n_l: its train
-    documents), see `tasks.language_sampling`. validation: every language's documents, once.
-    The train split reports no size, so seqio never tries to cache the endless stream.
-    """
+  train: endless; language l's share of the characters is ∝ n_l ** alpha (n_l: its train
+  documents), see `tasks.language_sampling`. validation: every language's documents, once.
+  The train split reports no size, so seqio never tries to cache the endless stream.
+  """
 
-    def __init__(self, alpha: float = registry.DEFAULT_ALPHA, data_dir=None,
-                 languages: Sequence[str] = corpora.MONOLINGUAL_LANGUAGES):
-        super().__init__(splits=("train", "validation"), caching_permitted=False,
-                         performs_internal_shuffling=True)
-        language_sampling.check_alpha(alpha)
-        self.alpha, self._data_dir, self.languages = alpha, data_dir, tuple(languages)
-        self._characters: dict[str, dict[str, int]] = {}
+  def __init__(
+    self,
+    alpha: float = registry.DEFAULT_ALPHA,
+    data_dir=None,
+    languages: Sequence[str] = corpora.MONOLINGUAL_LANGUAGES,
+  ):
+    super().__init__(
+      splits=("train", "validation"), caching_permitted=False, performs_internal_shuffling=True
+    )
+    language_sampling.check_alpha(alpha)
+    self.alpha, self._data_dir, self.languages = alpha, data_dir, tuple(languages)
+    self._characters: dict[str, dict[str, int]] = {}
 
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return True
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
 
-    def list_shards(self, split: str) -> Sequence[str]:
-        return [split]
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
 
-    def _builder(self) -> tfds.core.DatasetBuilder:
-        corpora.require_prepared(corpora.MONOLINGUAL, self._data_dir)
-        return tfds.builder(corpora.MONOLINGUAL, data_dir=str(corpora.tfds_data_dir(self._data_dir)))
+  def _builder(self) -> tfds.core.DatasetBuilder:
+    corpora.require_prepared(corpora.MONOLINGUAL, self._data_dir)
+    return tfds.builder(corpora.MONOLINGUAL, data_dir=str(corpora.tfds_data_dir(self._data_dir)))
 
-    def documents(self, split: str) -> tf.data.Dataset:
-        """Every language's documents of `split`, in file order (no sampling)."""
-        return self._builder().as_dataset(
-            split="+".join(corpora.split_name(tag, split) for tag in self.languages),
-            shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False))
+  def documents(self, split: str) -> tf.data.Dataset:
+    """Every language's documents of `split`, in file order (no sampling)."""
+    return self._builder().as_dataset(
+      split="+".join(corpora.split_name(tag, split) for tag in self.languages),
+      shuffle_files=False,
+      read_config=tfds.ReadConfig(try_autocache=False),
+    )
 
-    def sizes(self, split: str) -> dict[str, int]:
-        """Documents per language."""
-        splits = self._builder().info.splits
-        return {tag: splits[corpora.split_name(tag, split)].num_examples for tag in self.languages}
+  def sizes(self, split: str) -> dict[str, int]:
+    """Documents per language."""
+    splits = self._builder().info.splits
+    return {tag: splits[corpora.split_name(tag, split)].num_examples for tag in self.languages}
 
-    def characters(self, split: str) -> dict[str, int]:
-        """Characters (UTF-8 code points) per language; one pass over the split, then cached."""
-        if split not in self._characters:
-            totals = dict.fromkeys(self.languages, 0)
-            lengths = self.documents(split).map(
-                lambda x: (x["lang"], tf.strings.length(x["text"], unit="UTF8_CHAR")))
-            for lang, length in lengths.batch(4096).as_numpy_iterator():
-                for tag, n in zip(lang, length):
-                    totals[tag.decode()] += int(n)
-            self._characters[split] = totals
-        return self._characters[split]
+  def characters(self, split: str) -> dict[str, int]:
+    """Characters (UTF-8 code points) per language; one pass over the split, then cached."""
+    if split not in self._characters:
+      totals = dict.fromkeys(self.languages, 0)
+      lengths = self.documents(split).map(
+        lambda x: (x["lang"], tf.strings.length(x["text"], unit="UTF8_CHAR"))
+      )
+      for lang, length in lengths.batch(4096).as_numpy_iterator():
+        for tag, n in zip(lang, length):
+          totals[tag.decode()] += int(n)
+      self._characters[split] = totals
+    return self._characters[split]
 
-    def num_input_examples(self, split: str) -> int | None:
-        return None if split == "train" else sum(self.sizes(split).values())
+  def num_input_examples(self, split: str) -> int | None:
+    return None if split == "train" else sum(self.sizes(split).values())
 
-    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                    shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
-                    use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
-        del sequence_length, use_cached, num_epochs  # train is endless; seqio repeats the rest
-        documents = self.documents(split)
-        if shard_info:
-            documents = documents.shard(shard_info.num_shards, shard_info.index)
-        if split == "train":
-            return language_sampling.sample_languages(
-                documents, self.sizes(split), self.alpha, seed, shuffle, mass=self.characters(split))
-        if shuffle:
-            documents = documents.shuffle(sum(self.sizes(split).values()), seed=seed)
-        return documents
+  def get_dataset(
+    self,
+    split: str = "train",
+    shuffle: bool = True,
+    seed: int | None = None,
+    shard_info: seqio.ShardInfo | None = None,
+    *,
+    sequence_length=None,
+    use_cached: bool = False,
+    num_epochs: int | None = 1,
+  ) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs  # train is endless; seqio repeats the rest
+    documents = self.documents(split)
+    if shard_info:
+      documents = documents.shard(shard_info.num_shards, shard_info.index)
+    if split == "train":
+      return language_sampling.sample_languages(
+        documents, self.sizes(split), self.alpha, seed, shuffle, mass=self.characters(split)
+      )
+    if shuffle:
+      documents = documents.shuffle(sum(self.sizes(split).values()), seed=seed)
+    return documents
 
 
 def output_features(vocabulary: seqio.Vocabulary, inputs: bool = True) -> dict[str, seqio.Feature]:
-    features = {"targets": seqio.Feature(vocabulary, add_eos=True)}
-    if inputs:
-        features["inputs"] = seqio.Feature(vocabulary, add_eos=True, required=False)
-    return features
+  features = {"targets": seqio.Feature(vocabulary, add_eos=True)}
+  if inputs:
+    features["inputs"] = seqio.Feature(vocabulary, add_eos=True, required=False)
+  return features
 
 
 def unsupervised_preprocessors(objective, cacheable: bool = True) -> list:
-    """Raw documents -> cleaned `targets` text -> tokens -> (cache point) -> objective -> EOS."""
-    cache = [seqio.CacheDatasetPlaceholder()] if cacheable else []
-    return [preprocessors.clean_documents, seqio.preprocessors.tokenize, *cache, objective,
-            seqio.preprocessors.append_eos_after_trim]
+  """Raw documents -> cleaned `targets` text -> tokens -> (cache point) -> objective -> EOS."""
+  cache = [seqio.CacheDatasetPlaceholder()] if cacheable else []
+  return [
+    preprocessors.clean_documents,
+    seqio.preprocessors.tokenize,
+    *cache,
+    objective,
+    seqio.preprocessors.append_eos_after_trim,
+  ]
 
 
 def translation_preprocessors(source: str, target: str) -> list:
-    return [
-        functools.partial(preprocessors.translate, source_language=source, target_language=target),
-        seqio.preprocessors.tokenize,
-        seqio.CacheDatasetPlaceholder(),
-        seqio.preprocessors.append_eos_after_trim,
-    ]
+  return [
+    functools.partial(preprocessors.translate, source_language=source, target_language=target),
+    seqio.preprocessors.tokenize,
+    seqio.CacheDatasetPlaceholder(),
+    seqio.preprocessors.append_eos_after_trim,
+  ]
 
 
 def monolingual_source(tag: str) -> BuiltinTfdsSource:
-    return BuiltinTfdsSource(
-        f"{corpora.MONOLINGUAL}:1.0.0",
-        splits={split: corpora.split_name(tag, split) for split in ("train", "validation")},
-    )
+  return BuiltinTfdsSource(
+    f"{corpora.MONOLINGUAL}:1.0.0",
+    splits={split: corpora.split_name(tag, split) for split in ("train", "validation")},
+  )
 
 
 def gnome_help_source(tag: str) -> BuiltinTfdsSource:
-    # A few locales translated nothing on the held-out pages: they have no validation split.
-    splits = ["train"] if tag in corpora.GNOME_LOCALES_WITHOUT_VALIDATION else ["train", "validation"]
-    return BuiltinTfdsSource(f"{corpora.GNOME_HELP}/en-{tag}:1.0.0", splits=splits)
+  # A few locales translated nothing on the held-out pages: they have no validation split.
+  splits = ["train"] if tag in corpora.GNOME_LOCALES_WITHOUT_VALIDATION else ["train", "validation"]
+  return BuiltinTfdsSource(f"{corpora.GNOME_HELP}/en-{tag}:1.0.0", splits=splits)
 
 
 def _add(name: str, source, preps, features, metric_fns=()) -> None:
-    seqio.TaskRegistry.add(name, source=source, preprocessors=preps, output_features=features,
-                           metric_fns=list(metric_fns))
+  seqio.TaskRegistry.add(
+    name, source=source, preprocessors=preps, output_features=features, metric_fns=list(metric_fns)
+  )
 
 
 def _objectives() -> dict[str, tuple[dict[str, seqio.Feature], object]]:
-    """Task-name prefix -> (output features, unsupervised objective)."""
-    subword = output_features(vocab.builtin_vocabulary())
-    return {
-        "mono": (subword, span_corruption.span_corruption),
-        "byt5_mono": (output_features(vocab.byte_vocabulary()),
-                      functools.partial(span_corruption.span_corruption,
-                                        mean_noise_span_length=BYT5_MEAN_NOISE_SPAN)),
-        "mono_lm": (output_features(vocab.builtin_vocabulary(), inputs=False), span_corruption.lm),
-        "mono_prefix_lm": (subword, span_corruption.prefix_lm),
-    }
+  """Task-name prefix -> (output features, unsupervised objective)."""
+  subword = output_features(vocab.builtin_vocabulary())
+  return {
+    "mono": (subword, span_corruption.span_corruption),
+    "byt5_mono": (
+      output_features(vocab.byte_vocabulary()),
+      functools.partial(
+        span_corruption.span_corruption, mean_noise_span_length=BYT5_MEAN_NOISE_SPAN
+      ),
+    ),
+    "mono_lm": (output_features(vocab.builtin_vocabulary(), inputs=False), span_corruption.lm),
+    "mono_prefix_lm": (subword, span_corruption.prefix_lm),
+  }
 
 
-def add_sampled_monolingual_task(name: str, objective: str = "mono", alpha: float = registry.DEFAULT_ALPHA,
-                                 languages: Sequence[str] = corpora.MONOLINGUAL_LANGUAGES) -> seqio.Task:
-    """Registers `objective` (a prefix of `_objectives`: mono, byt5_mono, mono_lm, mono_prefix_lm)
-    over `languages` sampled ∝ n ** alpha, e.g. `add_sampled_monolingual_task("mono_a05", alpha=0.5)`."""
-    features, preprocess = _objectives()[objective]
-    unknown = sorted(set(languages) - set(corpora.MONOLINGUAL_LANGUAGES))
-    if unknown:
-        raise ValueError(f"no built-in monolingual data for {unknown}; the languages are "
-                         f"tasks.corpora.MONOLINGUAL_LANGUAGES")
-    seqio.TaskRegistry.remove(name)
-    return seqio.TaskRegistry.add(name, source=SampledMonolingualSource(alpha, languages=languages),
-                                  preprocessors=unsupervised_preprocessors(preprocess, cacheable=False),
-                                  output_features=features, metric_fns=[])
+def add_sampled_monolingual_task(
+  name: str,
+  objective: str = "mono",
+  alpha: float = registry.DEFAULT_ALPHA,
+  languages: Sequence[str] = corpora.MONOLINGUAL_LANGUAGES,
+) -> seqio.Task:
+  """Registers `objective` (a prefix of `_objectives`: mono, byt5_mono, mono_lm, mono_prefix_lm)
+  over `languages` sampled ∝ n ** alpha, e.g.
+  `add_sampled_monolingual_task("mono_a05", alpha=0.5)`."""
+  features, preprocess = _objectives()[objective]
+  unknown = sorted(set(languages) - set(corpora.MONOLINGUAL_LANGUAGES))
+  if unknown:
+    raise ValueError(
+      f"no built-in monolingual data for {unknown}; the languages are "
+      f"tasks.corpora.MONOLINGUAL_LANGUAGES"
+    )
+  seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+    name,
+    source=SampledMonolingualSource(alpha, languages=languages),
+    preprocessors=unsupervised_preprocessors(preprocess, cacheable=False),
+    output_features=features,
+    metric_fns=[],
+  )
 
 
 def register() -> None:
-    subword = output_features(vocab.builtin_vocabulary())
-    byte = output_features(vocab.byte_vocabulary())
-    for prefix, (features, objective) in _objectives().items():
-        for tag in corpora.MONOLINGUAL_LANGUAGES:
-            _add(f"{prefix}.{task_suffix(tag)}", monolingual_source(tag),
-                 unsupervised_preprocessors(objective), features)
-        add_sampled_monolingual_task(prefix, prefix)
+  subword = output_features(vocab.builtin_vocabulary())
+  byte = output_features(vocab.byte_vocabulary())
+  for prefix, (features, objective) in _objectives().items():
+    for tag in corpora.MONOLINGUAL_LANGUAGES:
+      _add(
+        f"{prefix}.{task_suffix(tag)}",
+        monolingual_source(tag),
+        unsupervised_preprocessors(objective),
+        features,
+      )
+    add_sampled_monolingual_task(prefix, prefix)
 
-    for prefix, features in (("", subword), ("byt5_", byte)):
-        for tag in corpora.GNOME_LOCALES:
-            x = task_suffix(tag)
-            _add(f"{prefix}translate_en_{x}", gnome_help_source(tag),
-                 translation_preprocessors("en", tag), features, metrics.translation_metrics(tag))
-            _add(f"{prefix}translate_{x}_en", gnome_help_source(tag),
-                 translation_preprocessors(tag, "en"), features, metrics.translation_metrics("en"))
-        seqio.MixtureRegistry.add(
-            f"{prefix}translate_en_x",
-            [f"{prefix}translate_en_{task_suffix(t)}" for t in corpora.GNOME_LOCALES],
-            default_rate=seqio.mixing_rate_num_examples,
-        )
-        span_mixture = "mono" if not prefix else "byt5_mono"
-        seqio.MixtureRegistry.add(
-            f"{prefix}multitask",
-            [(span_mixture, 1.0)] + [(f"{prefix}translate_en_{t}", 1.0) for t in MULTITASK_TARGETS],
-        )
+  for prefix, features in (("", subword), ("byt5_", byte)):
+    for tag in corpora.GNOME_LOCALES:
+      x = task_suffix(tag)
+      _add(
+        f"{prefix}translate_en_{x}",
+        gnome_help_source(tag),
+        translation_preprocessors("en", tag),
+        features,
+        metrics.translation_metrics(tag),
+      )
+      _add(
+        f"{prefix}translate_{x}_en",
+        gnome_help_source(tag),
+        translation_preprocessors(tag, "en"),
+        features,
+        metrics.translation_metrics("en"),
+      )
+    seqio.MixtureRegistry.add(
+      f"{prefix}translate_en_x",
+      [f"{prefix}translate_en_{task_suffix(t)}" for t in corpora.GNOME_LOCALES],
+      default_rate=seqio.mixing_rate_num_examples,
+    )
+    span_mixture = "mono" if not prefix else "byt5_mono"
+    seqio.MixtureRegistry.add(
+      f"{prefix}multitask",
+      [(span_mixture, 1.0)] + [(f"{prefix}translate_en_{t}", 1.0) for t in MULTITASK_TARGETS],
+    )

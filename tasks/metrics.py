@@ -9,30 +9,32 @@ import sacrebleu
 
 
 def bleu_tokenizer(language: str) -> str:
-    """sacrebleu's standard tokenizer for the target language (WMT practice)."""
-    base = language.split("-")[0]
-    if base == "zh":
-        return "zh"
-    if base == "ja":
-        return "char"  # no spaces between words; 'ja-mecab' would need MeCab
-    return "13a"
+  """sacrebleu's standard tokenizer for the target language (WMT practice)."""
+  base = language.split("-")[0]
+  if base == "zh":
+    return "zh"
+  if base == "ja":
+    return "char"  # no spaces between words; 'ja-mecab' would need MeCab
+  return "13a"
 
 
 def _as_str(texts: Sequence) -> list[str]:
-    return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
+  return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
 
 
-def bleu(targets: Sequence[str], predictions: Sequence[str], tokenize: str = "13a") -> dict[str, float]:
-    """Corpus BLEU (0–100), one reference per example."""
-    score = sacrebleu.corpus_bleu(_as_str(predictions), [_as_str(targets)], tokenize=tokenize)
-    return {"bleu": score.score}
+def bleu(
+  targets: Sequence[str], predictions: Sequence[str], tokenize: str = "13a"
+) -> dict[str, float]:
+  """Corpus BLEU (0–100), one reference per example."""
+  score = sacrebleu.corpus_bleu(_as_str(predictions), [_as_str(targets)], tokenize=tokenize)
+  return {"bleu": score.score}
 
 
 def chrf(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-    """Corpus chrF (0–100; character n-grams, robust for morphology-rich and unspaced scripts)."""
-    return {"chrf": sacrebleu.corpus_chrf(_as_str(predictions), [_as_str(targets)]).score}
+  """Corpus chrF (0–100; character n-grams, robust for morphology-rich and unspaced scripts)."""
+  return {"chrf": sacrebleu.corpus_chrf(_as_str(predictions), [_as_str(targets)]).score}
 
 
 def translation_metrics(target_language: str) -> list:
-    """BLEU with the target language's tokenizer, and chrF."""
-    return [functools.partial(bleu, tokenize=bleu_tokenizer(target_language)), chrf]
+  """BLEU with the target language's tokenizer, and chrF."""
+  return [functools.partial(bleu, tokenize=bleu_tokenizer(target_language)), chrf]

@@ -17,68 +17,77 @@ DEFAULT_ALPHA = 0.3
 
 
 class UnknownTaskError(KeyError):
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return self.args[0]
+  def __str__(self) -> str:  # KeyError would print the message quoted
+    return self.args[0]
 
 
 def registered_names() -> list[str]:
-    return sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+  return sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
 
 
 def get(name: str) -> seqio.Task | seqio.Mixture:
-    """The task or mixture called `name`; unknown names get the closest registered ones."""
-    if name in seqio.MixtureRegistry.names():
-        return seqio.get_mixture_or_task(name)
-    if name in seqio.TaskRegistry.names():
-        return seqio.TaskRegistry.get(name)
-    names = registered_names()
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(n) for n in close)}?" if close else ""
-    raise UnknownTaskError(
-        f"no task or mixture named {name!r}.{hint} ({len(names)} are registered; "
-        f"`python -m tasks list` prints them.)"
-    )
+  """The task or mixture called `name`; unknown names get the closest registered ones."""
+  if name in seqio.MixtureRegistry.names():
+    return seqio.get_mixture_or_task(name)
+  if name in seqio.TaskRegistry.names():
+    return seqio.TaskRegistry.get(name)
+  names = registered_names()
+  close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+  hint = f" Did you mean {', '.join(repr(n) for n in close)}?" if close else ""
+  raise UnknownTaskError(
+    f"no task or mixture named {name!r}.{hint} ({len(names)} are registered; "
+    f"`python -m tasks list` prints them.)"
+  )
 
 
 def language_rate(alpha: float = DEFAULT_ALPHA, maximum: int | None = None) -> functools.partial:
-    """Mixing-rate function n ** alpha, n = the task's number of training examples."""
-    language_sampling.check_alpha(alpha)
-    return functools.partial(seqio.mixing_rate_num_examples, temperature=1.0 / alpha, maximum=maximum)
+  """Mixing-rate function n ** alpha, n = the task's number of training examples."""
+  language_sampling.check_alpha(alpha)
+  return functools.partial(seqio.mixing_rate_num_examples, temperature=1.0 / alpha, maximum=maximum)
 
 
-def add_language_mixture(name: str, task_names: Sequence[str], alpha: float = DEFAULT_ALPHA,
-                         maximum: int | None = None) -> seqio.Mixture:
-    """Registers a mixture over per-language tasks sampled ∝ n ** alpha (mT5 uses 0.3)."""
-    seqio.MixtureRegistry.remove(name)
-    return seqio.MixtureRegistry.add(name, list(task_names), default_rate=language_rate(alpha, maximum))
+def add_language_mixture(
+  name: str, task_names: Sequence[str], alpha: float = DEFAULT_ALPHA, maximum: int | None = None
+) -> seqio.Mixture:
+  """Registers a mixture over per-language tasks sampled ∝ n ** alpha (mT5 uses 0.3)."""
+  seqio.MixtureRegistry.remove(name)
+  return seqio.MixtureRegistry.add(
+    name, list(task_names), default_rate=language_rate(alpha, maximum)
+  )
 
 
 def mixing_proportions(mixture: seqio.Mixture) -> dict[str, float]:
-    """Each task's share of the samples (rates normalised to sum to 1)."""
-    rates = {task.name: float(mixture.get_rate(task)) for task in mixture.tasks}
-    total = sum(rates.values())
-    return {name: rate / total for name, rate in rates.items()}
+  """Each task's share of the samples (rates normalised to sum to 1)."""
+  rates = {task.name: float(mixture.get_rate(task)) for task in mixture.tasks}
+  total = sum(rates.values())
+  return {name: rate / total for name, rate in rates.items()}
 
 
-def add_examples_task(name: str, examples: Sequence[tuple[str, str]],
-                      vocabulary: seqio.Vocabulary, metric_fns: Sequence = (),
-                      splits: Sequence[str] = ("train", "validation")) -> seqio.Task:
-    """Registers (or replaces) a Task over in-memory (input, target) text pairs, tokenized with
-    `vocabulary` and EOS-terminated like every other task; each split holds all the pairs."""
-    if not examples:
-        raise ValueError(f"task {name!r} needs at least one (input, target) pair")
-    inputs = [str(x) for x, _ in examples]
-    targets = [str(y) for _, y in examples]
+def add_examples_task(
+  name: str,
+  examples: Sequence[tuple[str, str]],
+  vocabulary: seqio.Vocabulary,
+  metric_fns: Sequence = (),
+  splits: Sequence[str] = ("train", "validation"),
+) -> seqio.Task:
+  """Registers (or replaces) a Task over in-memory (input, target) text pairs, tokenized with
+  `vocabulary` and EOS-terminated like every other task; each split holds all the pairs."""
+  if not examples:
+    raise ValueError(f"task {name!r} needs at least one (input, target) pair")
+  inputs = [str(x) for x, _ in examples]
+  targets = [str(y) for _, y in examples]
 
-    def source(split, shuffle_files, seed=None):
-        del split, shuffle_files, seed
-        return tf.data.Dataset.from_tensor_slices({"inputs": inputs, "targets": targets})
+  def source(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({"inputs": inputs, "targets": targets})
 
-    seqio.TaskRegistry.remove(name)
-    return seqio.TaskRegistry.add(
-        name,
-        source=seqio.FunctionDataSource(source, splits=list(splits),
-                                        num_input_examples={s: len(inputs) for s in splits}),
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-        output_features={"inputs": seqio.Feature(vocabulary), "targets": seqio.Feature(vocabulary)},
-        metric_fns=list(metric_fns))
+  seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+    name,
+    source=seqio.FunctionDataSource(
+      source, splits=list(splits), num_input_examples={s: len(inputs) for s in splits}
+    ),
+    preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+    output_features={"inputs": seqio.Feature(vocabulary), "targets": seqio.Feature(vocabulary)},
+    metric_fns=list(metric_fns),
+  )

@@ -22,44 +22,52 @@ from tasks import builtin, metrics, registry, span_corruption, vocab
 MC4_TFDS = "c4/multilingual:3.1.0"
 MC4_LANGUAGES = tuple(c4.MC4_LANGUAGES)  # TFDS's own list of the 107 mC4 splits
 # (TFDS dataset, its "xx-en" configs) — the T5 paper's WMT14/16 pairs and WMT19's news task.
-WMT_SPLITS = {"wmt14_translate": ("train", "validation", "test"),
-              "wmt16_translate": ("train", "validation", "test"),
-              "wmt19_translate": ("train", "validation")}
+WMT_SPLITS = {
+  "wmt14_translate": ("train", "validation", "test"),
+  "wmt16_translate": ("train", "validation", "test"),
+  "wmt19_translate": ("train", "validation"),
+}
 WMT_CONFIGS = {
-    "wmt14_translate": ("de-en", "fr-en"),
-    "wmt16_translate": ("ro-en",),
-    "wmt19_translate": ("cs-en", "de-en", "fi-en", "gu-en", "kk-en", "lt-en", "ru-en", "zh-en"),
+  "wmt14_translate": ("de-en", "fr-en"),
+  "wmt16_translate": ("ro-en",),
+  "wmt19_translate": ("cs-en", "de-en", "fi-en", "gu-en", "kk-en", "lt-en", "ru-en", "zh-en"),
 }
 
 
 def mc4_source(lang: str) -> seqio.TfdsDataSource:
-    return seqio.TfdsDataSource(MC4_TFDS, splits={"train": lang, "validation": f"{lang}-validation"})
+  return seqio.TfdsDataSource(MC4_TFDS, splits={"train": lang, "validation": f"{lang}-validation"})
 
 
 def register() -> None:
-    mt5 = builtin.output_features(vocab.mt5_vocabulary())
-    byte = builtin.output_features(vocab.byte_vocabulary())
-    for prefix, features, mean_span in (("mc4", mt5, 3.0),
-                                        ("byt5_mc4", byte, builtin.BYT5_MEAN_NOISE_SPAN)):
-        objective = functools.partial(span_corruption.span_corruption, mean_noise_span_length=mean_span)
-        names = []
-        for lang in MC4_LANGUAGES:
-            names.append(f"{prefix}.{builtin.task_suffix(lang)}")
-            seqio.TaskRegistry.add(
-                names[-1], source=mc4_source(lang),
-                preprocessors=builtin.unsupervised_preprocessors(objective),
-                output_features=features, metric_fns=[],
-            )
-        registry.add_language_mixture(prefix, names)
+  mt5 = builtin.output_features(vocab.mt5_vocabulary())
+  byte = builtin.output_features(vocab.byte_vocabulary())
+  for prefix, features, mean_span in (
+    ("mc4", mt5, 3.0),
+    ("byt5_mc4", byte, builtin.BYT5_MEAN_NOISE_SPAN),
+  ):
+    objective = functools.partial(span_corruption.span_corruption, mean_noise_span_length=mean_span)
+    names = []
+    for lang in MC4_LANGUAGES:
+      names.append(f"{prefix}.{builtin.task_suffix(lang)}")
+      seqio.TaskRegistry.add(
+        names[-1],
+        source=mc4_source(lang),
+        preprocessors=builtin.unsupervised_preprocessors(objective),
+        output_features=features,
+        metric_fns=[],
+      )
+    registry.add_language_mixture(prefix, names)
 
-    for dataset, configs in WMT_CONFIGS.items():
-        for config in configs:
-            x, en = config.split("-")
-            source = seqio.TfdsDataSource(f"{dataset}/{config}:1.0.0", splits=WMT_SPLITS[dataset])
-            for src, tgt in ((x, en), (en, x)):
-                for prefix, features in (("", mt5), ("byt5_", byte)):
-                    seqio.TaskRegistry.add(
-                        f"{prefix}{dataset}_{src}_{tgt}", source=source,
-                        preprocessors=builtin.translation_preprocessors(src, tgt),
-                        output_features=features, metric_fns=metrics.translation_metrics(tgt),
-                    )
+  for dataset, configs in WMT_CONFIGS.items():
+    for config in configs:
+      x, en = config.split("-")
+      source = seqio.TfdsDataSource(f"{dataset}/{config}:1.0.0", splits=WMT_SPLITS[dataset])
+      for src, tgt in ((x, en), (en, x)):
+        for prefix, features in (("", mt5), ("byt5_", byte)):
+          seqio.TaskRegistry.add(
+            f"{prefix}{dataset}_{src}_{tgt}",
+            source=source,
+            preprocessors=builtin.translation_preprocessors(src, tgt),
+            output_features=features,
+            metric_fns=metrics.translation_metrics(tgt),
+          )

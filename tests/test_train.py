@@ -23,8 +23,15 @@ from trainer import state as state_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = "test_copy"
 LENGTHS = {"inputs": 32, "targets": 32}
-TINY = T5Config(vocab_size=384, d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                num_encoder_layers=2, num_decoder_layers=2)
+TINY = T5Config(
+  vocab_size=384,
+  d_model=32,
+  num_heads=2,
+  head_dim=16,
+  d_ff=64,
+  num_encoder_layers=2,
+  num_decoder_layers=2,
+)
 
 # The same run as gin text, for the command-line tests (subprocesses import the task via gin).
 GIN = """
@@ -58,299 +65,398 @@ optimizers.constant.learning_rate = 0.01
 
 
 def run_train(model_dir, **overrides):
-    args = dict(model_dir=str(model_dir), model_config=TINY, mixture_or_task_name=TASK,
-                task_feature_lengths=LENGTHS, train_steps=4, batch_size=8,
-                learning_rate=optimizers.constant(0.01), checkpoint_period=1000, log_period=1,
-                eval_period=None, show_progress=False)
-    args.update(overrides)
-    return train.train(**args)
+  args = dict(
+    model_dir=str(model_dir),
+    model_config=TINY,
+    mixture_or_task_name=TASK,
+    task_feature_lengths=LENGTHS,
+    train_steps=4,
+    batch_size=8,
+    learning_rate=optimizers.constant(0.01),
+    checkpoint_period=1000,
+    log_period=1,
+    eval_period=None,
+    show_progress=False,
+  )
+  args.update(overrides)
+  return train.train(**args)
 
 
 def logged(model_dir, key="train/loss"):
-    """{step: value} from MODEL_DIR/metrics.jsonl (a resumed run's later lines win)."""
-    out = {}
-    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if key in row:
-                out[row["step"]] = row[key]
-    return out
+  """{step: value} from MODEL_DIR/metrics.jsonl (a resumed run's later lines win)."""
+  out = {}
+  with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if key in row:
+        out[row["step"]] = row[key]
+  return out
 
 
 def final_params(model_dir):
-    ckpt = checkpoints.Checkpointer(os.path.join(model_dir, train.CHECKPOINTS))
-    shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
-                             train.convert.param_shapes(TINY))
-    step, params = ckpt.restore_params(train._abstract(TINY, shardings))
-    ckpt.close()
-    return step, jax.tree.map(np.asarray, params)
+  ckpt = checkpoints.Checkpointer(os.path.join(model_dir, train.CHECKPOINTS))
+  shardings = jax.tree.map(
+    lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), train.convert.param_shapes(TINY)
+  )
+  step, params = ckpt.restore_params(train._abstract(TINY, shardings))
+  ckpt.close()
+  return step, jax.tree.map(np.asarray, params)
 
 
 def write_gin(tmp_path, extra=""):
-    path = tmp_path / "run.gin"
-    path.write_text(GIN + extra)
-    return str(path)
+  path = tmp_path / "run.gin"
+  path.write_text(GIN + extra)
+  return str(path)
 
 
 def subprocess_env(devices=8):
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+  env = dict(os.environ)
+  flags = [
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
+  env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return env
 
 
 def train_cmd(gin_file, model_dir, steps, *extra):
-    return [sys.executable, os.path.join(REPO, "train.py"), f"--gin_file={gin_file}",
-            f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", *extra]
+  return [
+    sys.executable,
+    os.path.join(REPO, "train.py"),
+    f"--gin_file={gin_file}",
+    f"--gin.MODEL_DIR='{model_dir}'",
+    f"--gin.TRAIN_STEPS={steps}",
+    *extra,
+  ]
 
 
 # ----------------------------------------------------------------------------------------------
 
 
 def test_train_then_evaluate_then_infer(tmp_path):
-    run = tmp_path / "run"
-    final = run_train(run, train_steps=40, checkpoint_period=20, log_period=5, eval_period=40,
-                      eval_batches=2, infer_eval_examples=6)
-    losses = logged(run)
-    assert sorted(losses) == list(range(5, 41, 5))
-    assert losses[40] < 0.7 * losses[5]
-    row = [json.loads(x) for x in open(run / "metrics.jsonl")][-2]  # the last train line
-    for key in ("train/accuracy", "train/z_loss", "train/learning_rate", "train/mfu",
-                "train/seconds_per_step", "train/target_tokens_per_second"):
-        assert np.isfinite(row[key]) and row[key] > 0, key
-    assert row["train/learning_rate"] == pytest.approx(0.01)
-    assert {f"{TASK}/loss", f"{TASK}/accuracy", f"{TASK}/bleu", f"{TASK}/chrf"} <= set(final)
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run))
-    assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [20, 40]
+  run = tmp_path / "run"
+  final = run_train(
+    run,
+    train_steps=40,
+    checkpoint_period=20,
+    log_period=5,
+    eval_period=40,
+    eval_batches=2,
+    infer_eval_examples=6,
+  )
+  losses = logged(run)
+  assert sorted(losses) == list(range(5, 41, 5))
+  assert losses[40] < 0.7 * losses[5]
+  row = [json.loads(x) for x in open(run / "metrics.jsonl")][-2]  # the last train line
+  for key in (
+    "train/accuracy",
+    "train/z_loss",
+    "train/learning_rate",
+    "train/mfu",
+    "train/seconds_per_step",
+    "train/target_tokens_per_second",
+  ):
+    assert np.isfinite(row[key]) and row[key] > 0, key
+  assert row["train/learning_rate"] == pytest.approx(0.01)
+  assert {f"{TASK}/loss", f"{TASK}/accuracy", f"{TASK}/bleu", f"{TASK}/chrf"} <= set(final)
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(run))
+  assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [20, 40]
 
-    # eval mode on the same checkpoint reproduces the run's final teacher-forced numbers
-    out = tmp_path / "eval"
-    results = train.evaluate(checkpoint_path=str(run), model_config=TINY,
-                             mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
-                             batch_size=8, output_dir=str(out), eval_batches=2,
-                             infer_eval_examples=6)
-    assert results[f"{TASK}/loss"] == pytest.approx(final[f"{TASK}/loss"], rel=1e-5)
-    assert results[f"{TASK}/bleu"] == pytest.approx(final[f"{TASK}/bleu"])
-    assert json.loads((out / "eval_metrics.json").read_text()) == pytest.approx(results)
+  # eval mode on the same checkpoint reproduces the run's final teacher-forced numbers
+  out = tmp_path / "eval"
+  results = train.evaluate(
+    checkpoint_path=str(run),
+    model_config=TINY,
+    mixture_or_task_name=TASK,
+    task_feature_lengths=LENGTHS,
+    batch_size=8,
+    output_dir=str(out),
+    eval_batches=2,
+    infer_eval_examples=6,
+  )
+  assert results[f"{TASK}/loss"] == pytest.approx(final[f"{TASK}/loss"], rel=1e-5)
+  assert results[f"{TASK}/bleu"] == pytest.approx(final[f"{TASK}/bleu"])
+  assert json.loads((out / "eval_metrics.json").read_text()) == pytest.approx(results)
 
-    # infer mode: a task split and a text file, predictions and scores
-    infer_args = dict(checkpoint_path=str(run), model_config=TINY, batch_size=4,
-                      task_feature_lengths=LENGTHS)
-    n = train.infer(output_file=str(tmp_path / "task.jsonl"), mixture_or_task_name=TASK,
-                    **infer_args)
-    rows = [json.loads(x) for x in open(tmp_path / "task.jsonl")]
-    assert n == len(rows) == len(tests.copy_tasks.TEXTS["validation"])
-    assert [r["input"] for r in rows] == tests.copy_tasks.TEXTS["validation"]
-    assert all(isinstance(r["prediction"], str) and r["score"] <= 0 for r in rows)
-    (tmp_path / "in.txt").write_text("Kane rito.\nMusa le.\nDa gufe pi.\n")
-    n = train.infer(output_file=str(tmp_path / "file.jsonl"), input_file=str(tmp_path / "in.txt"),
-                    mixture_or_task_name=TASK, **infer_args)
-    assert n == 3
-    (tmp_path / "pairs.txt").write_text("Kane rito.\tKane rito.\nMusa le.\tzzzzzzzzzz\n")
-    train.infer(output_file=str(tmp_path / "scores.jsonl"), input_file=str(tmp_path / "pairs.txt"),
-                mixture_or_task_name=TASK, mode="score", **infer_args)
-    copy, junk = [json.loads(x)["score"] for x in open(tmp_path / "scores.jsonl")]
-    assert copy > junk  # a copy model prefers the copy
+  # infer mode: a task split and a text file, predictions and scores
+  infer_args = dict(
+    checkpoint_path=str(run), model_config=TINY, batch_size=4, task_feature_lengths=LENGTHS
+  )
+  n = train.infer(output_file=str(tmp_path / "task.jsonl"), mixture_or_task_name=TASK, **infer_args)
+  rows = [json.loads(x) for x in open(tmp_path / "task.jsonl")]
+  assert n == len(rows) == len(tests.copy_tasks.TEXTS["validation"])
+  assert [r["input"] for r in rows] == tests.copy_tasks.TEXTS["validation"]
+  assert all(isinstance(r["prediction"], str) and r["score"] <= 0 for r in rows)
+  (tmp_path / "in.txt").write_text("Kane rito.\nMusa le.\nDa gufe pi.\n")
+  n = train.infer(
+    output_file=str(tmp_path / "file.jsonl"),
+    input_file=str(tmp_path / "in.txt"),
+    mixture_or_task_name=TASK,
+    **infer_args,
+  )
+  assert n == 3
+  (tmp_path / "pairs.txt").write_text("Kane rito.\tKane rito.\nMusa le.\tzzzzzzzzzz\n")
+  train.infer(
+    output_file=str(tmp_path / "scores.jsonl"),
+    input_file=str(tmp_path / "pairs.txt"),
+    mixture_or_task_name=TASK,
+    mode="score",
+    **infer_args,
+  )
+  copy, junk = [json.loads(x)["score"] for x in open(tmp_path / "scores.jsonl")]
+  assert copy > junk  # a copy model prefers the copy
 
 
 def test_command_line_writes_operative_config_and_final_json(tmp_path, capsys):
-    gin_file = write_gin(tmp_path)
-    rc = train.main([f"--gin_file={gin_file}", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
-                     "--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=3",
-                     "--gin.train_script.train.eval_batches=1",
-                     "--gin.train_script.train.infer_eval_examples=4"])
-    assert rc == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert set(json.loads(last)) >= {f"{TASK}/bleu", f"{TASK}/loss"}
-    config = (tmp_path / "run" / "config.gin").read_text()
-    assert "TRAIN_STEPS = 3" in config and "d_model = 32" in config
-    assert "optimizers.constant.learning_rate = 0.01" in config
+  gin_file = write_gin(tmp_path)
+  rc = train.main(
+    [
+      f"--gin_file={gin_file}",
+      f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+      "--gin.TRAIN_STEPS=3",
+      "--gin.EVAL_PERIOD=3",
+      "--gin.train_script.train.eval_batches=1",
+      "--gin.train_script.train.infer_eval_examples=4",
+    ]
+  )
+  assert rc == 0
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert set(json.loads(last)) >= {f"{TASK}/bleu", f"{TASK}/loss"}
+  config = (tmp_path / "run" / "config.gin").read_text()
+  assert "TRAIN_STEPS = 3" in config and "d_model = 32" in config
+  assert "optimizers.constant.learning_rate = 0.01" in config
 
 
-@pytest.mark.parametrize("flags, expected", [
+@pytest.mark.parametrize(
+  "flags, expected",
+  [
     ([], "required gin macro MODEL_DIR is not set"),
-    (["--gin.MODEL_DIR='x'", "--gin.TRAIN_STEPS=3", "--gin.TRAIN_STESP=4"],
-     "no gin file uses the macro TRAIN_STESP, so it would be ignored; did you mean TRAIN_STEPS"),
-    (["--gin.MODEL_DIR='x'", "--gin.TRAIN_STEPS=3", "--gin.train_script.train.batchsize=4"],
-     "doesn't have a parameter named 'batchsize'; did you mean batch_size"),
+    (
+      ["--gin.MODEL_DIR='x'", "--gin.TRAIN_STEPS=3", "--gin.TRAIN_STESP=4"],
+      "no gin file uses the macro TRAIN_STESP, so it would be ignored; did you mean TRAIN_STEPS",
+    ),
+    (
+      ["--gin.MODEL_DIR='x'", "--gin.TRAIN_STEPS=3", "--gin.train_script.train.batchsize=4"],
+      "doesn't have a parameter named 'batchsize'; did you mean batch_size",
+    ),
     (["--gin.MODEL_DIR=runs/x", "--gin.TRAIN_STEPS=3"], "strings need quotes"),
-])
+  ],
+)
 def test_config_errors_name_the_problem(tmp_path, capsys, flags, expected):
-    gin_file = write_gin(tmp_path)
-    if not flags:  # MODEL_DIR missing, TRAIN_STEPS given
-        flags = ["--gin.TRAIN_STEPS=3"]
-    assert train.main([f"--gin_file={gin_file}", *flags]) == 2
-    assert expected in capsys.readouterr().err
+  gin_file = write_gin(tmp_path)
+  if not flags:  # MODEL_DIR missing, TRAIN_STEPS given
+    flags = ["--gin.TRAIN_STEPS=3"]
+  assert train.main([f"--gin_file={gin_file}", *flags]) == 2
+  assert expected in capsys.readouterr().err
 
 
 def test_missing_model_config_and_missing_gin_file(tmp_path, capsys):
-    assert train.main(["--gin_file=configs/runs/pretrain.gin", "--gin.MODEL_DIR='x'",
-                       "--gin.TRAIN_STEPS=1", "--gin.MIXTURE_OR_TASK_NAME='test_copy'",
-                       "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}"]) == 2
-    err = capsys.readouterr().err
-    assert "MODEL_CONFIG is used but never set" in err and "configs/models/mt5/small.gin" in err
-    assert train.main(["--gin_file=configs/runs/pretrian.gin"]) == 2
-    assert "did you mean configs/runs/pretrain.gin" in capsys.readouterr().err
+  assert (
+    train.main(
+      [
+        "--gin_file=configs/runs/pretrain.gin",
+        "--gin.MODEL_DIR='x'",
+        "--gin.TRAIN_STEPS=1",
+        "--gin.MIXTURE_OR_TASK_NAME='test_copy'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}",
+      ]
+    )
+    == 2
+  )
+  err = capsys.readouterr().err
+  assert "MODEL_CONFIG is used but never set" in err and "configs/models/mt5/small.gin" in err
+  assert train.main(["--gin_file=configs/runs/pretrian.gin"]) == 2
+  assert "did you mean configs/runs/pretrain.gin" in capsys.readouterr().err
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    """10 straight steps vs 5 steps, SIGKILL right after the step-5 checkpoint, then resume."""
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_train(straight, train_steps=10, checkpoint_period=5)
-    gin_file = write_gin(tmp_path, "\nCHECKPOINT_PERIOD = 5\n")
-    # The child kills itself (SIGKILL: no handler, no cleanup) once step 5 is committed.
-    killer = (
-        "import os, signal, sys, runpy\n"
-        "from trainer import checkpoints\n"
-        "save = checkpoints.Checkpointer.save\n"
-        "def save_then_die(self, step, *a, **k):\n"
-        "    save(self, step, *a, **k)\n"
-        "    if step == 5:\n"
-        "        self.wait(); os.kill(os.getpid(), signal.SIGKILL)\n"
-        "checkpoints.Checkpointer.save = save_then_die\n"
-        f"sys.argv = {train_cmd(gin_file, resumed, 10)[1:]!r}\n"
-        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-    env = subprocess_env()
-    killed = subprocess.run([sys.executable, "-c", killer], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert checkpoints.Checkpointer(str(resumed / "checkpoints")).steps() == [5]
-    done = subprocess.run(train_cmd(gin_file, resumed, 10), env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert logged(resumed) == logged(straight)  # every step's loss, bit for bit
-    (s1, p1), (s2, p2) = final_params(straight), final_params(resumed)
-    assert s1 == s2 == 10
-    jax.tree.map(np.testing.assert_array_equal, p1, p2)
+  """10 straight steps vs 5 steps, SIGKILL right after the step-5 checkpoint, then resume."""
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  run_train(straight, train_steps=10, checkpoint_period=5)
+  gin_file = write_gin(tmp_path, "\nCHECKPOINT_PERIOD = 5\n")
+  # The child kills itself (SIGKILL: no handler, no cleanup) once step 5 is committed.
+  killer = (
+    "import os, signal, sys, runpy\n"
+    "from trainer import checkpoints\n"
+    "save = checkpoints.Checkpointer.save\n"
+    "def save_then_die(self, step, *a, **k):\n"
+    "    save(self, step, *a, **k)\n"
+    "    if step == 5:\n"
+    "        self.wait(); os.kill(os.getpid(), signal.SIGKILL)\n"
+    "checkpoints.Checkpointer.save = save_then_die\n"
+    f"sys.argv = {train_cmd(gin_file, resumed, 10)[1:]!r}\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+  )
+  env = subprocess_env()
+  killed = subprocess.run(
+    [sys.executable, "-c", killer], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert checkpoints.Checkpointer(str(resumed / "checkpoints")).steps() == [5]
+  done = subprocess.run(
+    train_cmd(gin_file, resumed, 10), env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert logged(resumed) == logged(straight)  # every step's loss, bit for bit
+  (s1, p1), (s2, p2) = final_params(straight), final_params(resumed)
+  assert s1 == s2 == 10
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
 
 
 def test_one_device_and_eight_devices_agree(tmp_path):
-    runs = {
-        "one": dict(mesh_shape={"data": 1, "model": 1}),
-        "data": dict(),
-        "fsdp": dict(partitioning_rules="fsdp"),
-        "2d": dict(mesh_shape={"data": 4, "model": 2}, partitioning_rules="2d"),
-    }
-    losses = {}
-    for name, kw in runs.items():
-        run_train(tmp_path / name, train_steps=4, **kw)
-        losses[name] = logged(tmp_path / name)
-    for name in ("data", "fsdp", "2d"):
-        np.testing.assert_allclose(list(losses[name].values()), list(losses["one"].values()),
-                                   atol=1e-5, err_msg=name)
+  runs = {
+    "one": dict(mesh_shape={"data": 1, "model": 1}),
+    "data": dict(),
+    "fsdp": dict(partitioning_rules="fsdp"),
+    "2d": dict(mesh_shape={"data": 4, "model": 2}, partitioning_rules="2d"),
+  }
+  losses = {}
+  for name, kw in runs.items():
+    run_train(tmp_path / name, train_steps=4, **kw)
+    losses[name] = logged(tmp_path / name)
+  for name in ("data", "fsdp", "2d"):
+    np.testing.assert_allclose(
+      list(losses[name].values()), list(losses["one"].values()), atol=1e-5, err_msg=name
+    )
 
 
 def test_resume_on_a_different_mesh(tmp_path):
-    run = tmp_path / "run"
-    run_train(run, train_steps=2, checkpoint_period=2, partitioning_rules="fsdp")  # 8 devices
-    run_train(run, train_steps=4, checkpoint_period=2, mesh_shape={"data": 2, "model": 1})
-    assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [2, 4]
-    straight = tmp_path / "straight"
-    run_train(straight, train_steps=4)
-    resumed, want = logged(run), logged(straight)
-    assert sorted(resumed) == [1, 2, 3, 4]
-    np.testing.assert_allclose([resumed[s] for s in (3, 4)], [want[s] for s in (3, 4)], atol=1e-5)
+  run = tmp_path / "run"
+  run_train(run, train_steps=2, checkpoint_period=2, partitioning_rules="fsdp")  # 8 devices
+  run_train(run, train_steps=4, checkpoint_period=2, mesh_shape={"data": 2, "model": 1})
+  assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [2, 4]
+  straight = tmp_path / "straight"
+  run_train(straight, train_steps=4)
+  resumed, want = logged(run), logged(straight)
+  assert sorted(resumed) == [1, 2, 3, 4]
+  np.testing.assert_allclose([resumed[s] for s in (3, 4)], [want[s] for s in (3, 4)], atol=1e-5)
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path):
-    gin_file = write_gin(tmp_path)
-    run = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(gin_file, run, 100000), env=subprocess_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    jsonl = run / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (jsonl.exists() and jsonl.read_text().count("\n") >= 3):
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    steps = checkpoints.Checkpointer(str(run / "checkpoints")).steps()
-    assert len(steps) == 1 and steps[0] >= 3
-    assert max(logged(run)) == steps[0]
-    assert f"SIGTERM received: saved step {steps[0]}" in out + err
+  gin_file = write_gin(tmp_path)
+  run = tmp_path / "run"
+  proc = subprocess.Popen(
+    train_cmd(gin_file, run, 100000),
+    env=subprocess_env(),
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  jsonl = run / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (jsonl.exists() and jsonl.read_text().count("\n") >= 3):
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  steps = checkpoints.Checkpointer(str(run / "checkpoints")).steps()
+  assert len(steps) == 1 and steps[0] >= 3
+  assert max(logged(run)) == steps[0]
+  assert f"SIGTERM received: saved step {steps[0]}" in out + err
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    make_step = state_lib.make_train_step
+  make_step = state_lib.make_train_step
 
-    def poisoned(*args, **kwargs):
-        step = make_step(*args, **kwargs)
+  def poisoned(*args, **kwargs):
+    step = make_step(*args, **kwargs)
 
-        def nan_at_step_7(state, batch, rng):
-            new, metrics = step(state, batch, rng)
-            bad = state["step"] == 6  # the 7th step
-            metrics["loss"] = jax.numpy.where(bad, jax.numpy.nan, metrics["loss"])
-            return new, metrics
-        return nan_at_step_7
+    def nan_at_step_7(state, batch, rng):
+      new, metrics = step(state, batch, rng)
+      bad = state["step"] == 6  # the 7th step
+      metrics["loss"] = jax.numpy.where(bad, jax.numpy.nan, metrics["loss"])
+      return new, metrics
 
-    monkeypatch.setattr(state_lib, "make_train_step", poisoned)
-    run = tmp_path / "run"
-    with pytest.raises(train.NonFiniteLossError, match="loss is nan at step 7"):
-        run_train(run, train_steps=20, checkpoint_period=5, log_period=10)
-    assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [5]
+    return nan_at_step_7
+
+  monkeypatch.setattr(state_lib, "make_train_step", poisoned)
+  run = tmp_path / "run"
+  with pytest.raises(train.NonFiniteLossError, match="loss is nan at step 7"):
+    run_train(run, train_steps=20, checkpoint_period=5, log_period=10)
+  assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [5]
 
 
 def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
-    run = tmp_path / "run"
-    run_train(run, train_steps=4, checkpoint_period=2)
-    step4 = run / "checkpoints" / "4" / "state"
-    victim = max((p for p in step4.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    data = bytearray(victim.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = os.urandom(64)
-    victim.write_bytes(bytes(data))
-    run_train(run, train_steps=6, checkpoint_period=2)
-    assert "checkpoint step 4" in caplog.text and "unusable" in caplog.text
-    assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [2, 4, 6]
-    straight = tmp_path / "straight"
-    run_train(straight, train_steps=6, checkpoint_period=2)
-    assert logged(run) == logged(straight)  # steps 3-6 redone from step 2, identically
+  run = tmp_path / "run"
+  run_train(run, train_steps=4, checkpoint_period=2)
+  step4 = run / "checkpoints" / "4" / "state"
+  victim = max((p for p in step4.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  data[len(data) // 2 : len(data) // 2 + 64] = os.urandom(64)
+  victim.write_bytes(bytes(data))
+  run_train(run, train_steps=6, checkpoint_period=2)
+  assert "checkpoint step 4" in caplog.text and "unusable" in caplog.text
+  assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [2, 4, 6]
+  straight = tmp_path / "straight"
+  run_train(straight, train_steps=6, checkpoint_period=2)
+  assert logged(run) == logged(straight)  # steps 3-6 redone from step 2, identically
 
 
 def test_initial_checkpoint_from_hugging_face_and_xt5(tmp_path):
-    params = jax.tree.map(lambda s: np.random.default_rng(0).normal(size=s.shape).astype(
-        np.float32), train.convert.param_shapes(TINY))
-    train.convert.save_hf(params, TINY, str(tmp_path / "hf"))
-    train.model_checkpoint.save_checkpoint(str(tmp_path / "xt5"), TINY, params)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = jax.tree.map(lambda _: sharding, params)
-    for path in ("hf", "xt5"):
-        loaded = train.load_params(str(tmp_path / path), TINY, shardings)
-        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), params)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        train.load_params(str(tmp_path / "nope"), TINY, shardings)
+  params = jax.tree.map(
+    lambda s: np.random.default_rng(0).normal(size=s.shape).astype(np.float32),
+    train.convert.param_shapes(TINY),
+  )
+  train.convert.save_hf(params, TINY, str(tmp_path / "hf"))
+  train.model_checkpoint.save_checkpoint(str(tmp_path / "xt5"), TINY, params)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = jax.tree.map(lambda _: sharding, params)
+  for path in ("hf", "xt5"):
+    loaded = train.load_params(str(tmp_path / path), TINY, shardings)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), params)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    train.load_params(str(tmp_path / "nope"), TINY, shardings)
 
 
 def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def test_two_processes_train_and_one_process_restores(tmp_path):
-    gin_file = write_gin(tmp_path, "\nCHECKPOINT_PERIOD = 2\nEVAL_PERIOD = 4\n"
-                         "train_script.train.eval_batches = 1\n"
-                         "train_script.train.infer_eval_examples = 4\n")
-    run = tmp_path / "run"
-    address = f"localhost:{_free_port()}"
-    procs = [subprocess.Popen(
-        train_cmd(gin_file, run, 4, f"--coordinator_address={address}", "--num_processes=2",
-                  f"--process_id={i}"), env=subprocess_env(devices=4), cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    try:
-        results = [p.communicate(timeout=400) for p in procs]
-    finally:
-        for p in procs:  # jax.distributed catches SIGTERM (DESIGN §6)
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
-    losses = logged(run)
-    assert sorted(losses) == [1, 2, 3, 4]
-    assert all(np.isfinite(v) for v in losses.values())
-    bleu = logged(run, f"eval/{TASK}/bleu")  # decoding and seqio metrics across 2 processes
-    assert list(bleu) == [4] and 0 <= bleu[4] <= 100
-    step, params = final_params(run)  # this process: one process, 8 devices
-    assert step == 4
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  gin_file = write_gin(
+    tmp_path,
+    "\nCHECKPOINT_PERIOD = 2\nEVAL_PERIOD = 4\n"
+    "train_script.train.eval_batches = 1\n"
+    "train_script.train.infer_eval_examples = 4\n",
+  )
+  run = tmp_path / "run"
+  address = f"localhost:{_free_port()}"
+  procs = [
+    subprocess.Popen(
+      train_cmd(
+        gin_file,
+        run,
+        4,
+        f"--coordinator_address={address}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ),
+      env=subprocess_env(devices=4),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  try:
+    results = [p.communicate(timeout=400) for p in procs]
+  finally:
+    for p in procs:  # jax.distributed catches SIGTERM (DESIGN §6)
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, results):
+    assert p.returncode == 0, err[-3000:]
+  losses = logged(run)
+  assert sorted(losses) == [1, 2, 3, 4]
+  assert all(np.isfinite(v) for v in losses.values())
+  bleu = logged(run, f"eval/{TASK}/bleu")  # decoding and seqio metrics across 2 processes
+  assert list(bleu) == [4] and 0 <= bleu[4] <= 100
+  step, params = final_params(run)  # this process: one process, 8 devices
+  assert step == 4
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))

@@ -29,105 +29,132 @@ log = logging.getLogger(__name__)
 
 
 def shard_info() -> seqio.ShardInfo | None:
-    """This process's shard of every dataset (None on one process)."""
-    if jax.process_count() == 1:
-        return None
-    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+  """This process's shard of every dataset (None on one process)."""
+  if jax.process_count() == 1:
+    return None
+  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
 
 
 def per_host_batch_size(global_batch_size: int) -> int:
-    n = jax.process_count()
-    if global_batch_size % n:
-        raise ValueError(f"BATCH_SIZE={global_batch_size} is not divisible by the {n} processes; "
-                         f"use a multiple of {n}")
-    return global_batch_size // n
+  n = jax.process_count()
+  if global_batch_size % n:
+    raise ValueError(
+      f"BATCH_SIZE={global_batch_size} is not divisible by the {n} processes; use a multiple of {n}"
+    )
+  return global_batch_size // n
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
-    """What a stream of batches is: T5X's DatasetConfig, minus caching."""
-    mixture_or_task_name: str
-    task_feature_lengths: Mapping[str, int]
-    split: str = "train"
-    batch_size: int = 128  # global, over all processes
-    converter: str = "encoder_decoder"
-    pack: bool = True
-    shuffle: bool = True
-    seed: int = 0
+  """What a stream of batches is: T5X's DatasetConfig, minus caching."""
 
-    def fingerprint(self) -> dict:
-        """What must match for a saved data position to mean the same batches."""
-        d = dataclasses.asdict(self)
-        d["task_feature_lengths"] = dict(self.task_feature_lengths)
-        d["num_processes"] = jax.process_count()
-        return d
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str = "train"
+  batch_size: int = 128  # global, over all processes
+  converter: str = "encoder_decoder"
+  pack: bool = True
+  shuffle: bool = True
+  seed: int = 0
+
+  def fingerprint(self) -> dict:
+    """What must match for a saved data position to mean the same batches."""
+    d = dataclasses.asdict(self)
+    d["task_feature_lengths"] = dict(self.task_feature_lengths)
+    d["num_processes"] = jax.process_count()
+    return d
 
 
 class TrainStream:
-    """Endless host-local numpy batches with a checkpointable position."""
+  """Endless host-local numpy batches with a checkpointable position."""
 
-    def __init__(self, config: DatasetConfig, start_batch: int = 0):
-        self.config = config
-        ds = tasks.get_dataset(config.mixture_or_task_name, config.split,
-                               config.task_feature_lengths,
-                               per_host_batch_size(config.batch_size),
-                               converter=config.converter, pack=config.pack,
-                               shuffle=config.shuffle, seed=config.seed, num_epochs=None,
-                               shard_info=shard_info())
-        if start_batch:
-            log.info("skipping the %d batches the checkpoint has consumed", start_batch)
-            ds = ds.skip(start_batch)
-        self._iterator = tasks.as_numpy(ds, f"{config.mixture_or_task_name}/{config.split}")
-        self.batches_consumed = start_batch
+  def __init__(self, config: DatasetConfig, start_batch: int = 0):
+    self.config = config
+    ds = tasks.get_dataset(
+      config.mixture_or_task_name,
+      config.split,
+      config.task_feature_lengths,
+      per_host_batch_size(config.batch_size),
+      converter=config.converter,
+      pack=config.pack,
+      shuffle=config.shuffle,
+      seed=config.seed,
+      num_epochs=None,
+      shard_info=shard_info(),
+    )
+    if start_batch:
+      log.info("skipping the %d batches the checkpoint has consumed", start_batch)
+      ds = ds.skip(start_batch)
+    self._iterator = tasks.as_numpy(ds, f"{config.mixture_or_task_name}/{config.split}")
+    self.batches_consumed = start_batch
 
-    def __iter__(self):
-        return self
+  def __iter__(self):
+    return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self._iterator)
-        self.batches_consumed += 1
-        return batch
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._iterator)
+    self.batches_consumed += 1
+    return batch
 
-    def state(self) -> dict:
-        return {"batches_consumed": self.batches_consumed, "dataset": self.config.fingerprint()}
+  def state(self) -> dict:
+    return {"batches_consumed": self.batches_consumed, "dataset": self.config.fingerprint()}
 
-    @staticmethod
-    def start_batch(saved: Mapping[str, Any] | None, config: DatasetConfig) -> tuple[int, str]:
-        """(batches to skip, a note) for resuming from a checkpoint's data state."""
-        if not saved:
-            return 0, ""
-        if saved.get("dataset") != config.fingerprint():
-            return 0, ("the training data changed since the checkpoint (task, lengths, batch size, "
-                       "seed or process count): starting the new data stream from its beginning")
-        return int(saved["batches_consumed"]), ""
+  @staticmethod
+  def start_batch(saved: Mapping[str, Any] | None, config: DatasetConfig) -> tuple[int, str]:
+    """(batches to skip, a note) for resuming from a checkpoint's data state."""
+    if not saved:
+      return 0, ""
+    if saved.get("dataset") != config.fingerprint():
+      return 0, (
+        "the training data changed since the checkpoint (task, lengths, batch size, "
+        "seed or process count): starting the new data stream from its beginning"
+      )
+    return int(saved["batches_consumed"]), ""
 
 
 def global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-    """Global arrays from each process's rows (the batch dimension spans the processes)."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+  """Global arrays from each process's rows (the batch dimension spans the processes)."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
 def replicated_batch(full: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-    """Global arrays from a batch every process holds in full (evaluation/inference)."""
-    return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
-            for k, v in full.items()}
+  """Global arrays from a batch every process holds in full (evaluation/inference)."""
+  return {
+    k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+    for k, v in full.items()
+  }
 
 
 def to_host(x: jax.Array) -> np.ndarray:
-    """The whole of a (possibly multi-process) global array on every process."""
-    if jax.process_count() == 1 or x.is_fully_replicated:
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  """The whole of a (possibly multi-process) global array on every process."""
+  if jax.process_count() == 1 or x.is_fully_replicated:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def eval_batches(name: str, split: str, task_feature_lengths: Mapping[str, int],
-                 batch_size: int, converter: str = "encoder_decoder", pack: bool = True,
-                 max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over a finite split in full batches of `batch_size` (the last one zero-padded),
-    every process reading all of it (the loop shards each batch over the mesh)."""
-    ds = tasks.get_dataset(name, split, task_feature_lengths, batch_size, converter=converter,
-                           pack=pack, shuffle=False, num_epochs=1, drop_remainder=False)
-    for i, batch in enumerate(tasks.as_numpy(ds, f"{name}/{split}")):
-        if max_batches is not None and i >= max_batches:
-            return
-        yield infer.pad_batch(batch, batch_size)
+def eval_batches(
+  name: str,
+  split: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  converter: str = "encoder_decoder",
+  pack: bool = True,
+  max_batches: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over a finite split in full batches of `batch_size` (the last one zero-padded),
+  every process reading all of it (the loop shards each batch over the mesh)."""
+  ds = tasks.get_dataset(
+    name,
+    split,
+    task_feature_lengths,
+    batch_size,
+    converter=converter,
+    pack=pack,
+    shuffle=False,
+    num_epochs=1,
+    drop_remainder=False,
+  )
+  for i, batch in enumerate(tasks.as_numpy(ds, f"{name}/{split}")):
+    if max_batches is not None and i >= max_batches:
+      return
+    yield infer.pad_batch(batch, batch_size)

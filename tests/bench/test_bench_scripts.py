@@ -17,8 +17,9 @@ def _last_json(capsys):
 
 @pytest.mark.slow
 def test_train_step_bench_runs_and_reports_ratios(capsys):
-  train_step.main(["--model", "tiny", "--batch", "2", "--inputs", "16", "--targets", "8",
-                   "--iters", "1"])
+  train_step.main(
+    ["--model", "tiny", "--batch", "2", "--inputs", "16", "--targets", "8", "--iters", "1"]
+  )
   result = _last_json(capsys)
   assert result["bench"] == "train_step"
   for key in ("ratio_vs_hf_fp32", "ratio_vs_hf_bf16", "fraction_of_fp32_ceiling"):
@@ -27,8 +28,9 @@ def test_train_step_bench_runs_and_reports_ratios(capsys):
 
 @pytest.mark.slow
 def test_decode_bench_runs_and_reports_ratios(capsys):
-  decode.main(["--model", "tiny", "--batch", "2", "--inputs", "8", "--new-tokens", "4",
-               "--iters", "1"])
+  decode.main(
+    ["--model", "tiny", "--batch", "2", "--inputs", "8", "--new-tokens", "4", "--iters", "1"]
+  )
   result = _last_json(capsys)
   assert result["bench"] == "decode"
   assert result["ratio_vs_hf_greedy"] > 0 and result["ratio_vs_hf_beam"] > 0
@@ -53,8 +55,9 @@ def test_train_loop_bench_runs_and_reports_overhead(capsys, builtin_data):
   assert result["bench"] == "train_loop"
   assert result["bare_s"] > 0 and result["loop_s"] > 0 and result["pipeline_fed_s"] > 0
   # the JSON rounds times to 4 decimals: compare ratios, not differences
-  assert 1 + result["overhead_fraction"] == pytest.approx(result["loop_s"] / result["bare_s"],
-                                                          rel=0.05)
+  assert 1 + result["overhead_fraction"] == pytest.approx(
+    result["loop_s"] / result["bare_s"], rel=0.05
+  )
   # 2 rounds of 3 steps, rounded up to whole log windows of 2: 8 timed steps, whose windows
   # (steps 2-5 after a 2-step warm-up, then 8-11) hold the saves after steps 3 and 9
   assert result["timed_loop_steps"] == 8 and result["checkpoints_in_window"] == 2

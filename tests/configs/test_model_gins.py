@@ -12,38 +12,38 @@ SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 # (d_model, num_heads, head_dim, num_encoder_layers, num_decoder_layers, d_ff): DESIGN §5 and the
 # papers. T5.1.0 xl/xxl are the 3B/11B models: d_model 1024 with wide heads and MLPs.
 T511_SHAPES = {
-    "small": (512, 6, 64, 8, 8, 1024),
-    "base": (768, 12, 64, 12, 12, 2048),
-    "large": (1024, 16, 64, 24, 24, 2816),
-    "xl": (2048, 32, 64, 24, 24, 5120),
-    "xxl": (4096, 64, 64, 24, 24, 10240),
+  "small": (512, 6, 64, 8, 8, 1024),
+  "base": (768, 12, 64, 12, 12, 2048),
+  "large": (1024, 16, 64, 24, 24, 2816),
+  "xl": (2048, 32, 64, 24, 24, 5120),
+  "xxl": (4096, 64, 64, 24, 24, 10240),
 }
 SHAPES = {
-    "t5_1_0": {
-        "tiny": (32, 2, 16, 2, 2, 128),
-        "small": (512, 8, 64, 6, 6, 2048),
-        "base": (768, 12, 64, 12, 12, 3072),
-        "large": (1024, 16, 64, 24, 24, 4096),
-        "xl": (1024, 32, 128, 24, 24, 16384),
-        "xxl": (1024, 128, 128, 24, 24, 65536),
-    },
-    "t5_1_1": {"tiny": (32, 2, 16, 2, 2, 64), **T511_SHAPES},
-    "mt5": {"tiny": (32, 2, 16, 2, 2, 64), **T511_SHAPES},
-    "byt5": {
-        "tiny": (32, 2, 16, 3, 1, 64),
-        "small": (1472, 6, 64, 12, 4, 3584),
-        "base": (1536, 12, 64, 18, 6, 3968),
-        "large": (1536, 16, 64, 36, 12, 3840),
-        "xl": (2560, 32, 64, 36, 12, 6720),
-        "xxl": (4672, 64, 64, 36, 12, 12352),
-    },
+  "t5_1_0": {
+    "tiny": (32, 2, 16, 2, 2, 128),
+    "small": (512, 8, 64, 6, 6, 2048),
+    "base": (768, 12, 64, 12, 12, 3072),
+    "large": (1024, 16, 64, 24, 24, 4096),
+    "xl": (1024, 32, 128, 24, 24, 16384),
+    "xxl": (1024, 128, 128, 24, 24, 65536),
+  },
+  "t5_1_1": {"tiny": (32, 2, 16, 2, 2, 64), **T511_SHAPES},
+  "mt5": {"tiny": (32, 2, 16, 2, 2, 64), **T511_SHAPES},
+  "byt5": {
+    "tiny": (32, 2, 16, 3, 1, 64),
+    "small": (1472, 6, 64, 12, 4, 3584),
+    "base": (1536, 12, 64, 18, 6, 3968),
+    "large": (1536, 16, 64, 36, 12, 3840),
+    "xl": (2560, 32, 64, 36, 12, 6720),
+    "xxl": (4672, 64, 64, 36, 12, 12352),
+  },
 }
 # (vocab_size, mlp_activations, logits_via_embedding)
 FAMILY_FIELDS = {
-    "t5_1_0": (32128, ("relu",), True),
-    "t5_1_1": (32128, ("gelu", "linear"), False),
-    "mt5": (250112, ("gelu", "linear"), False),
-    "byt5": (384, ("gelu", "linear"), False),
+  "t5_1_0": (32128, ("relu",), True),
+  "t5_1_1": (32128, ("gelu", "linear"), False),
+  "mt5": (250112, ("gelu", "linear"), False),
+  "byt5": (384, ("gelu", "linear"), False),
 }
 
 
@@ -70,8 +70,14 @@ def load(family, size, bindings=()):
 def test_published_shapes(family, size):
   cfg = load(family, size)
   assert isinstance(cfg, model_config.T5Config)
-  got = (cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.num_encoder_layers,
-         cfg.num_decoder_layers, cfg.d_ff)
+  got = (
+    cfg.d_model,
+    cfg.num_heads,
+    cfg.head_dim,
+    cfg.num_encoder_layers,
+    cfg.num_decoder_layers,
+    cfg.d_ff,
+  )
   assert got == SHAPES[family][size]
   vocab, acts, tied = FAMILY_FIELDS[family]
   if (family, size) == ("mt5", "tiny"):

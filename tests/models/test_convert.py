@@ -13,17 +13,28 @@ import pytest
 from models import checkpoint, convert
 from models.config import T5Config
 
-GATED = T5Config(vocab_size=64, d_model=24, num_heads=3, head_dim=4, d_ff=40,
-                 num_encoder_layers=3, num_decoder_layers=2, dropout_rate=0.0, dtype="float32")
-RELU_TIED = GATED.replace(mlp_activations=("relu",), logits_via_embedding=True,
-                          num_encoder_layers=2)
+GATED = T5Config(
+  vocab_size=64,
+  d_model=24,
+  num_heads=3,
+  head_dim=4,
+  d_ff=40,
+  num_encoder_layers=3,
+  num_decoder_layers=2,
+  dropout_rate=0.0,
+  dtype="float32",
+)
+RELU_TIED = GATED.replace(
+  mlp_activations=("relu",), logits_via_embedding=True, num_encoder_layers=2
+)
 DECODER_ONLY = GATED.replace(architecture="decoder_only", num_encoder_layers=0)
 
 
 def random_params(cfg: T5Config, seed: int = 0):
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map(
-      lambda s: rng.standard_normal(s.shape).astype(np.float32), convert.param_shapes(cfg))
+    lambda s: rng.standard_normal(s.shape).astype(np.float32), convert.param_shapes(cfg)
+  )
 
 
 def assert_trees_equal(a, b):
@@ -48,10 +59,12 @@ def test_hf_state_dict_errors_name_tensors_and_shapes():
   msg = str(e.value)
   assert "missing tensors (1)" in msg
   assert "encoder.block.1.layer.1.DenseReluDense.wo.weight: expected shape (24, 40)" in msg
-  assert ("decoder.block.0.layer.1.EncDecAttention.q.weight: expected shape (12, 24), "
-          "found (7, 24)") in msg
-  assert "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight: shape (32, 3)" \
-      in msg
+  assert (
+    "decoder.block.0.layer.1.EncDecAttention.q.weight: expected shape (12, 24), found (7, 24)"
+  ) in msg
+  assert (
+    "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight: shape (32, 3)" in msg
+  )
 
 
 def test_hf_state_dict_for_another_config_is_rejected():
@@ -87,13 +100,17 @@ def test_hf_config_round_trip():
     assert convert.config_from_hf(d) == cfg
   assert convert.hf_config_dict(GATED)["feed_forward_proj"] == "gated-gelu"
   assert convert.hf_config_dict(RELU_TIED)["tie_word_embeddings"] is True
-  base = {k: v for k, v in convert.hf_config_dict(GATED).items()
-          if k not in ("tie_word_embeddings", "scale_decoder_outputs")}
+  base = {
+    k: v
+    for k, v in convert.hf_config_dict(GATED).items()
+    if k not in ("tie_word_embeddings", "scale_decoder_outputs")
+  }
   # transformers 4.x configs say tie_word_embeddings (default True); 5.x scale_decoder_outputs.
   assert convert.config_from_hf(base).logits_via_embedding
   assert not convert.config_from_hf({**base, "tie_word_embeddings": False}).logits_via_embedding
   assert not convert.config_from_hf(
-      {**base, "tie_word_embeddings": True, "scale_decoder_outputs": False}).logits_via_embedding
+    {**base, "tie_word_embeddings": True, "scale_decoder_outputs": False}
+  ).logits_via_embedding
   assert convert.config_from_hf(base, scan_layers=True).scan_layers
   with pytest.raises(ValueError, match="feed_forward_proj='gelu'"):
     convert.config_from_hf({**base, "feed_forward_proj": "gelu"})
@@ -133,8 +150,9 @@ def test_corrupt_or_missing_hf_files_are_named(tmp_path, capsys):
     convert.load_hf(str(hf_dir))
   pytest.importorskip("torch")
   (hf_dir / convert.HF_WEIGHTS_BIN).write_bytes(b"not a torch file")
-  with pytest.raises(ValueError, match=f"cannot read torch checkpoint file "
-                                       f"{hf_dir / convert.HF_WEIGHTS_BIN}"):
+  with pytest.raises(
+    ValueError, match=f"cannot read torch checkpoint file {hf_dir / convert.HF_WEIGHTS_BIN}"
+  ):
     convert.load_hf(str(hf_dir))
   (hf_dir / "config.json").write_text("{oops")
   with pytest.raises(ValueError, match="cannot read HF config"):
@@ -180,7 +198,8 @@ def test_t5x_mapping_round_trip(cfg):
     np.testing.assert_array_equal(q[:, 2 * K + 1], ours["query"][:, 2, 1])
     np.testing.assert_array_equal(o[1 * K + 3, :], ours["out"][1, 3, :])
     np.testing.assert_array_equal(
-        norm, params["decoder"]["layers_1"]["pre_mlp_layer_norm"]["scale"])
+      norm, params["decoder"]["layers_1"]["pre_mlp_layer_norm"]["scale"]
+    )
     mlp = t5x["decoder"][layer]["mlp"]
     assert ("wi" in mlp) == (cfg.mlp_activations == ("relu",))
     assert ("logits_dense" in t5x["decoder"]) == (not cfg.logits_via_embedding)
@@ -189,8 +208,7 @@ def test_t5x_mapping_round_trip(cfg):
     assert_trees_equal(convert.params_from_t5x(t5x, cfg), params)
     scanned_cfg = cfg.replace(scan_layers=True)
     wrapped = {"target": t5x, "state": {"step": np.int32(3)}}
-    assert_trees_equal(convert.params_from_t5x(wrapped, scanned_cfg),
-                       convert.stack_layers(params))
+    assert_trees_equal(convert.params_from_t5x(wrapped, scanned_cfg), convert.stack_layers(params))
     assert convert.config_from_t5x(wrapped) == cfg
 
 
@@ -205,8 +223,10 @@ def test_t5x_mismatch_is_named():
   assert "decoder/layers/attention/query/kernel: shape (24, 2, 12)" in msg
   with pytest.raises(convert.CheckpointMismatchError) as e:
     convert.params_from_t5x(t5x, GATED.replace(num_decoder_layers=3))
-  assert "decoder/layers/self_attention/query/kernel: expected shape (24, 3, 12), found " \
-         "(24, 2, 12)" in str(e.value)
+  assert (
+    "decoder/layers/self_attention/query/kernel: expected shape (24, 3, 12), found "
+    "(24, 2, 12)" in str(e.value)
+  )
 
 
 def test_load_t5x_orbax_checkpoint(tmp_path):
@@ -217,11 +237,11 @@ def test_load_t5x_orbax_checkpoint(tmp_path):
   ckpt = tmp_path / "checkpoint_7"
   # saved as device arrays, one of them sharded over all devices (as a TPU-pod run writes it)
   saved = jax.tree_util.tree_map(jax.numpy.asarray, t5x)
-  mesh = jax.make_mesh((len(jax.devices()),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = jax.make_mesh((len(jax.devices()),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   saved["token_embedder"]["embedding"] = jax.device_put(
-      t5x["token_embedder"]["embedding"],
-      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None)))
+    t5x["token_embedder"]["embedding"],
+    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None)),
+  )
   ocp.PyTreeCheckpointer().save(str(ckpt), {"target": saved, "state": {"step": np.int32(7)}})
   tree = convert.load_t5x_checkpoint(str(ckpt))
   assert int(tree["state"]["step"]) == 7
@@ -235,8 +255,12 @@ def test_load_t5x_orbax_checkpoint(tmp_path):
   checkpoint.write_config_files(GATED, str(tmp_path / "cfg"))
   for name in ("config.json", "model.gin"):
     out = tmp_path / f"b_{name}"
-    assert convert.main(["from-t5x", str(ckpt), str(out), "--config",
-                         str(tmp_path / "cfg" / name), "--scan_layers"]) == 0
+    assert (
+      convert.main(
+        ["from-t5x", str(ckpt), str(out), "--config", str(tmp_path / "cfg" / name), "--scan_layers"]
+      )
+      == 0
+    )
     cfg_b, got = checkpoint.load_checkpoint(str(out))
     assert cfg_b == GATED.replace(scan_layers=True)
     assert_trees_equal(got, convert.stack_layers(params))
@@ -251,14 +275,22 @@ def test_load_t5x_msgpack_checkpoint(tmp_path):
   t5x = convert.params_to_t5x(params, RELU_TIED)
   emb = t5x["token_embedder"]["embedding"]
   name = "target.token_embedder.embedding"
-  spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": name},
-          "metadata": {"shape": list(emb.shape), "chunks": [16, 24], "dtype": "<f4",
-                       "compressor": {"id": "gzip"}}}
+  spec = {
+    "driver": "zarr",
+    "kvstore": {"driver": "file", "path": name},
+    "metadata": {
+      "shape": list(emb.shape),
+      "chunks": [16, 24],
+      "dtype": "<f4",
+      "compressor": {"id": "gzip"},
+    },
+  }
   written = dict(spec, kvstore={"driver": "file", "path": str(tmp_path / name)})
   ts.open(written, create=True).result().write(emb).result()
   t5x["token_embedder"]["embedding"] = spec
   blob = serialization.msgpack_serialize(
-      {"version": 3, "optimizer": {"target": t5x, "state": {"step": 11}}})
+    {"version": 3, "optimizer": {"target": t5x, "state": {"step": 11}}}
+  )
   (tmp_path / "checkpoint").write_bytes(blob)
   tree = convert.load_t5x_checkpoint(str(tmp_path))
   assert tree["optimizer"]["state"]["step"] == 11
@@ -266,8 +298,9 @@ def test_load_t5x_msgpack_checkpoint(tmp_path):
   assert convert.config_from_t5x(tree) == RELU_TIED
 
   (tmp_path / "checkpoint").write_bytes(b"\xc1 not msgpack")
-  with pytest.raises(ValueError, match=f"cannot read T5X msgpack checkpoint file "
-                                       f"{tmp_path / 'checkpoint'}"):
+  with pytest.raises(
+    ValueError, match=f"cannot read T5X msgpack checkpoint file {tmp_path / 'checkpoint'}"
+  ):
     convert.load_t5x_checkpoint(str(tmp_path))
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="not a T5X checkpoint"):
@@ -298,7 +331,8 @@ def test_checkpoint_config_files_reload(tmp_path):
 
 
 def test_save_load_params_layouts_and_shardings(tmp_path):
-  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  from jax.sharding import AxisType, NamedSharding
+  from jax.sharding import PartitionSpec as P
 
   params = random_params(GATED)
   checkpoint.save_checkpoint(str(tmp_path / "ck"), GATED, params)
@@ -307,8 +341,7 @@ def test_save_load_params_layouts_and_shardings(tmp_path):
   assert_trees_equal(got, params)
   assert isinstance(got["token_embedder"]["embedding"], jax.Array)
   # the other layer layout is converted on load
-  scanned = checkpoint.load_params(str(tmp_path / "ck" / "params"),
-                                   GATED.replace(scan_layers=True))
+  scanned = checkpoint.load_params(str(tmp_path / "ck" / "params"), GATED.replace(scan_layers=True))
   assert_trees_equal(scanned, convert.stack_layers(params))
   checkpoint.save_params(scanned, str(tmp_path / "scanned"))
   assert_trees_equal(checkpoint.load_params(str(tmp_path / "scanned"), GATED), params)

@@ -22,14 +22,23 @@ EOS = 1
 
 
 def tiny_config(architecture="encoder_decoder", scan_layers=False, vocab=64):
-  return T5Config(vocab_size=vocab, d_model=32, num_heads=2, head_dim=8, d_ff=48,
-                  num_encoder_layers=2, num_decoder_layers=2, architecture=architecture,
-                  scan_layers=scan_layers)
+  return T5Config(
+    vocab_size=vocab,
+    d_model=32,
+    num_heads=2,
+    head_dim=8,
+    d_ff=48,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    architecture=architecture,
+    scan_layers=scan_layers,
+  )
 
 
-@functools.lru_cache(maxsize=None)
-def make_model(architecture="encoder_decoder", scan_layers=False, vocab=64, seed=0,
-               head_scale=4.0, eos_scale=1.0):
+@functools.cache
+def make_model(
+  architecture="encoder_decoder", scan_layers=False, vocab=64, seed=0, head_scale=4.0, eos_scale=1.0
+):
   """(module, params) of a tiny random model, params drawn with NumPy at the network's shapes
   (no init compile). `head_scale` sharpens the output distribution; `eos_scale` (> 1) makes EOS
   likelier (for the EOS tests)."""
@@ -39,9 +48,18 @@ def make_model(architecture="encoder_decoder", scan_layers=False, vocab=64, seed
   enc = dec if architecture == "encoder_decoder" else None
   shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.PRNGKey(0), enc, dec)))
   rng = np.random.RandomState(seed)
-  fan_in = {"query": cfg.d_model * cfg.head_dim, "key": cfg.d_model, "value": cfg.d_model,
-            "out": cfg.inner_dim, "wi_0": cfg.d_model, "wi_1": cfg.d_model, "wo": cfg.d_ff,
-            "logits_dense": cfg.d_model / head_scale**2, "embedding": 1, "rel_embedding": 1}
+  fan_in = {
+    "query": cfg.d_model * cfg.head_dim,
+    "key": cfg.d_model,
+    "value": cfg.d_model,
+    "out": cfg.inner_dim,
+    "wi_0": cfg.d_model,
+    "wi_1": cfg.d_model,
+    "wo": cfg.d_ff,
+    "logits_dense": cfg.d_model / head_scale**2,
+    "embedding": 1,
+    "rel_embedding": 1,
+  }
 
   def draw(path, leaf):
     name = path[-1].key
@@ -56,20 +74,25 @@ def make_model(architecture="encoder_decoder", scan_layers=False, vocab=64, seed
   return module, params
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward(module):
   """Jitted teacher-forced logits [B, T, V] (no cache)."""
+
   def f(params, enc, dec, causal):
-    return module.apply({"params": params}, encoder_input_tokens=enc, decoder_input_tokens=dec,
-                        decoder_causal_attention=causal)
+    return module.apply(
+      {"params": params},
+      encoder_input_tokens=enc,
+      decoder_input_tokens=dec,
+      decoder_causal_attention=causal,
+    )
+
   return jax.jit(f)
 
 
 def forward(module, params, enc, dec_BT, prompt_len_B=None, prefix_lm=False):
   causal = None
   if prefix_lm:
-    causal = (np.arange(dec_BT.shape[1])[None] < np.asarray(prompt_len_B)[:, None]).astype(
-        np.int32)
+    causal = (np.arange(dec_BT.shape[1])[None] < np.asarray(prompt_len_B)[:, None]).astype(np.int32)
   enc = None if enc is None else jnp.asarray(enc)
   return np.asarray(_forward(module)(params, enc, jnp.asarray(dec_BT), causal), np.float64)
 
@@ -92,7 +115,7 @@ def reference_greedy(module, params, enc, prompts, L, prefix_lm=False):
   for j in range(L):
     dec = np.zeros((B, width), np.int32)
     for b, s in enumerate(seqs):
-      dec[b, :len(s)] = s
+      dec[b, : len(s)] = s
     lp = log_softmax(forward(module, params, enc, dec, plen, prefix_lm))
     for b in range(B):
       if done[b]:
@@ -119,7 +142,7 @@ def sequence_logprob(module, params, enc, prompts, conts, prefix_lm=False):
       lengths[b] = eos[0] + 1
     p = len(prompts[b])
     dec[b, :p] = prompts[b]
-    dec[b, p:p + L] = conts[b]
+    dec[b, p : p + L] = conts[b]
   plen = np.array([len(p) for p in prompts])
   lp = log_softmax(forward(module, params, enc, dec, plen, prefix_lm))
   total = np.zeros(B)
@@ -141,7 +164,7 @@ def encoder_batch(B=B_ENC, S=S_ENC, vocab=64, seed=0):
   rng = np.random.RandomState(seed)
   enc = rng.randint(2, vocab, size=(B, S)).astype(np.int32)
   for b in range(B):
-    enc[b, S - b:] = 0  # rows of different lengths, 0-padded
+    enc[b, S - b :] = 0  # rows of different lengths, 0-padded
   return enc
 
 
@@ -149,7 +172,7 @@ def assert_pad_after_eos(tokens):
   for row in np.asarray(tokens).reshape(-1, np.asarray(tokens).shape[-1]):
     eos = np.flatnonzero(row == EOS)
     if eos.size:
-      assert not row[eos[0] + 1:].any(), row
+      assert not row[eos[0] + 1 :].any(), row
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,15 +183,17 @@ def assert_pad_after_eos(tokens):
 def test_greedy_encoder_decoder_matches_no_cache_reference(scan_layers):
   module, params = make_model(scan_layers=scan_layers)
   enc, L = encoder_batch(), L_ENC
-  out = decoding.greedy_decode(module, params, encoder_input_tokens=jnp.asarray(enc),
-                               max_decode_length=L)
+  out = decoding.greedy_decode(
+    module, params, encoder_input_tokens=jnp.asarray(enc), max_decode_length=L
+  )
   ref_tokens, ref_scores = reference_greedy(module, params, enc, [[0]] * len(enc), L)
   np.testing.assert_array_equal(np.asarray(out.tokens), ref_tokens)
   np.testing.assert_allclose(np.asarray(out.scores), ref_scores, rtol=1e-5, atol=1e-5)
   assert len(set(ref_tokens.ravel().tolist())) >= 6  # a non-trivial chain
   # the entry point gives the same.
-  tokens, scores = decoding.decode(module, params, {"encoder_input_tokens": enc},
-                                   max_decode_length=L)
+  tokens, scores = decoding.decode(
+    module, params, {"encoder_input_tokens": enc}, max_decode_length=L
+  )
   np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)
 
 
@@ -178,7 +203,7 @@ PROMPTS = [[0], [0, 5, 9, 17], [12, 0, 33, 4, 50, 21]]  # lengths 1, 4, 6 (inter
 def prompt_array(prompts, width):
   arr = np.zeros((len(prompts), width), np.int32)
   for b, p in enumerate(prompts):
-    arr[b, :len(p)] = p
+    arr[b, : len(p)] = p
   return arr
 
 
@@ -187,17 +212,25 @@ def test_greedy_decoder_only_prompts_match_no_cache_reference(scan_layers, prefi
   module, params = make_model("decoder_only", scan_layers=scan_layers, seed=1)
   L = 8
   prompt_BP = prompt_array(PROMPTS, 7)  # one extra pad column: P > every prompt
-  out = decoding.greedy_decode(module, params, decoder_prompt_tokens=jnp.asarray(prompt_BP),
-                               max_decode_length=L, prefix_lm=prefix_lm)
+  out = decoding.greedy_decode(
+    module,
+    params,
+    decoder_prompt_tokens=jnp.asarray(prompt_BP),
+    max_decode_length=L,
+    prefix_lm=prefix_lm,
+  )
   ref_tokens, ref_scores = reference_greedy(module, params, None, PROMPTS, L, prefix_lm)
   np.testing.assert_array_equal(np.asarray(out.tokens), ref_tokens)
   np.testing.assert_allclose(np.asarray(out.scores), ref_scores, rtol=1e-5, atol=1e-5)
   assert len(set(ref_tokens.ravel().tolist())) >= 6
   # explicit lengths give the same as the derived ones.
   tokens, _ = decoding.decode(
-      module, params, {"decoder_prompt_tokens": prompt_BP,
-                       "decoder_prompt_lengths": np.array([1, 4, 6], np.int32)},
-      max_decode_length=L, prefix_lm=prefix_lm)
+    module,
+    params,
+    {"decoder_prompt_tokens": prompt_BP, "decoder_prompt_lengths": np.array([1, 4, 6], np.int32)},
+    max_decode_length=L,
+    prefix_lm=prefix_lm,
+  )
   np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)
 
 
@@ -205,11 +238,23 @@ def test_greedy_matches_hf_generate():
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   from models import convert
+
   V, L = 64, L_ENC
   hf_cfg = transformers.T5Config(
-      vocab_size=V, d_model=32, d_kv=8, num_heads=2, d_ff=48, num_layers=2,
-      num_decoder_layers=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-      dropout_rate=0.0, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+    vocab_size=V,
+    d_model=32,
+    d_kv=8,
+    num_heads=2,
+    d_ff=48,
+    num_layers=2,
+    num_decoder_layers=2,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    dropout_rate=0.0,
+    decoder_start_token_id=0,
+    eos_token_id=1,
+    pad_token_id=0,
+  )
   torch.manual_seed(0)
   model = transformers.T5ForConditionalGeneration(hf_cfg).eval()
   with torch.no_grad():
@@ -226,11 +271,13 @@ def test_greedy_matches_hf_generate():
   enc = encoder_batch(seed=3)
   with torch.no_grad():
     x = torch.tensor(enc, dtype=torch.long)
-    hf = model.generate(input_ids=x, attention_mask=(x > 0).long(), do_sample=False,
-                        num_beams=1, max_new_tokens=L).numpy()[:, 1:]  # drop the start token
+    hf = model.generate(
+      input_ids=x, attention_mask=(x > 0).long(), do_sample=False, num_beams=1, max_new_tokens=L
+    ).numpy()[:, 1:]  # drop the start token
   hf = np.pad(hf, ((0, 0), (0, L - hf.shape[1])))  # HF stops when every row is done
-  tokens, _ = decoding.decode(Transformer(cfg), params, {"encoder_input_tokens": enc},
-                              max_decode_length=L)
+  tokens, _ = decoding.decode(
+    Transformer(cfg), params, {"encoder_input_tokens": enc}, max_decode_length=L
+  )
   np.testing.assert_array_equal(np.asarray(tokens), hf)
   assert all(len(set(row) - {0}) >= 4 for row in hf.tolist()), hf
 
@@ -242,8 +289,9 @@ def test_greedy_matches_hf_generate():
 def test_eos_pads_and_stops_early():
   module, params = make_model(seed=10, eos_scale=6.0)
   enc, L = encoder_batch(seed=5), L_ENC
-  out = decoding.greedy_decode(module, params, encoder_input_tokens=jnp.asarray(enc),
-                               max_decode_length=L)
+  out = decoding.greedy_decode(
+    module, params, encoder_input_tokens=jnp.asarray(enc), max_decode_length=L
+  )
   tokens = np.asarray(out.tokens)
   ref_tokens, _ = reference_greedy(module, params, enc, [[0]] * len(enc), L)
   np.testing.assert_array_equal(tokens, ref_tokens)
@@ -253,9 +301,13 @@ def test_eos_pads_and_stops_early():
   # the loop ran only as far as the longest row, not to max_decode_length.
   assert int(out.num_steps) == max(lengths) < L
 
-  sampled = decoding.temperature_sample(module, params, jax.random.PRNGKey(0),
-                                        encoder_input_tokens=jnp.asarray(enc),
-                                        max_decode_length=L)
+  sampled = decoding.temperature_sample(
+    module,
+    params,
+    jax.random.PRNGKey(0),
+    encoder_input_tokens=jnp.asarray(enc),
+    max_decode_length=L,
+  )
   assert_pad_after_eos(sampled.tokens)
   assert (np.asarray(sampled.tokens) == EOS).any()
 
@@ -281,31 +333,41 @@ def test_beam_search_is_exact_on_a_tiny_vocabulary():
   seqs = np.array(seqs)  # 1 + 5 + 25 + 125 * 6 = 781 sequences
   assert len(seqs) == 781
 
-  out = decoding.beam_search(module, params, encoder_input_tokens=jnp.asarray(enc),
-                             max_decode_length=L, num_beams=K, alpha=0.6)
+  out = decoding.beam_search(
+    module,
+    params,
+    encoder_input_tokens=jnp.asarray(enc),
+    max_decode_length=L,
+    num_beams=K,
+    alpha=0.6,
+  )
   # default 4 beams: not exact, but each score is the penalised log-prob of its own sequence.
-  out4 = decoding.beam_search(module, params, encoder_input_tokens=jnp.asarray(enc),
-                              max_decode_length=L)
+  out4 = decoding.beam_search(
+    module, params, encoder_input_tokens=jnp.asarray(enc), max_decode_length=L
+  )
   for b in range(len(enc)):
-    lp, lengths = sequence_logprob(module, params, np.repeat(enc[b:b + 1], len(seqs), 0),
-                                   [[0]] * len(seqs), seqs)
+    lp, lengths = sequence_logprob(
+      module, params, np.repeat(enc[b : b + 1], len(seqs), 0), [[0]] * len(seqs), seqs
+    )
     scores = lp / penalty(lengths)
     order = np.argsort(-scores, kind="stable")
     assert scores[order[0]] - scores[order[1]] > 1e-4  # a unique best
     np.testing.assert_array_equal(np.asarray(out.tokens[b, 0]), seqs[order[0]])
     np.testing.assert_allclose(np.asarray(out.scores[b]), scores[order[:K]], atol=1e-5)
     top = seqs[order[:K]]  # both kinds of ending compete: EOS before the limit, and the limit
-    assert (top[:, -1] != EOS).any() and (top[:, :L - 1] == EOS).any()
+    assert (top[:, -1] != EOS).any() and (top[:, : L - 1] == EOS).any()
 
     toks = np.asarray(out4.tokens[b])
-    lp4, lengths4 = sequence_logprob(module, params, np.repeat(enc[b:b + 1], 4, 0), [[0]] * 4,
-                                     toks)
+    lp4, lengths4 = sequence_logprob(
+      module, params, np.repeat(enc[b : b + 1], 4, 0), [[0]] * 4, toks
+    )
     np.testing.assert_allclose(np.asarray(out4.scores[b]), lp4 / penalty(lengths4), atol=1e-5)
     assert float(out4.scores[b, 0]) <= scores[order[0]] + 1e-5
 
 
-@pytest.mark.parametrize("architecture,scan_layers", [("encoder_decoder", True),
-                                                      ("decoder_only", False)])
+@pytest.mark.parametrize(
+  "architecture,scan_layers", [("encoder_decoder", True), ("decoder_only", False)]
+)
 def test_beam_scores_match_teacher_forcing(architecture, scan_layers):
   """4 beams, alpha 0.6, vocab 64: every returned beam's score equals the length-penalised
   teacher-forced log-prob of its tokens (this checks the beam-reordered cache), and beams are
@@ -319,8 +381,9 @@ def test_beam_scores_match_teacher_forcing(architecture, scan_layers):
   else:
     enc, prompts = None, PROMPTS
     batch = {"decoder_prompt_tokens": prompt_array(PROMPTS, 6)}
-  tokens, scores = decoding.decode(module, params, batch, method="beam", max_decode_length=L,
-                                   return_all_beams=True)
+  tokens, scores = decoding.decode(
+    module, params, batch, method="beam", max_decode_length=L, return_all_beams=True
+  )
   tokens, scores = np.asarray(tokens), np.asarray(scores)
   assert tokens.shape == (3, K, L) and scores.shape == (3, K)
   assert_pad_after_eos(tokens)
@@ -339,8 +402,9 @@ def test_beam_scores_match_teacher_forcing(architecture, scan_layers):
     # a model that ends sooner: every example's finished beams beat anything still alive
     # before max_decode_length, so the loop stops early; scores stay exact.
     module, params = make_model(architecture, scan_layers=scan_layers, seed=5, eos_scale=4.0)
-    out = decoding.beam_search(module, params, encoder_input_tokens=jnp.asarray(enc),
-                               max_decode_length=L)
+    out = decoding.beam_search(
+      module, params, encoder_input_tokens=jnp.asarray(enc), max_decode_length=L
+    )
     assert int(out.num_steps) < L
     assert (np.asarray(out.tokens) == EOS).any(-1).all()
     for k in range(K):
@@ -357,15 +421,23 @@ def test_copy_rows_copies_the_written_positions_of_each_row_exactly(dtype):
   rng = np.random.default_rng(0)
   R, H, N, Dh = 6, 2, 40, 3  # N > 2 blocks of _COPY_BLOCK, not a multiple of it
   draw = lambda: rng.standard_normal((R, H, N, Dh)).astype(np.float32)
-  cache = {"layers_0": {"self_attention": {"cached_key": jnp.asarray(draw(), dtype),
-                                           "cached_value": jnp.asarray(draw(), jnp.float32)},
-                        "encoder_decoder_attention": {"cached_key": jnp.asarray(draw(), dtype)}}}
+  cache = {
+    "layers_0": {
+      "self_attention": {
+        "cached_key": jnp.asarray(draw(), dtype),
+        "cached_value": jnp.asarray(draw(), jnp.float32),
+      },
+      "encoder_decoder_attention": {"cached_key": jnp.asarray(draw(), dtype)},
+    }
+  }
   src, dst, count, length = np.array([0, 0, 4, 1, 1, 1]), np.array([2, 3, 5, 0, 0, 0]), 3, 37
-  out = jax.jit(decoding._copy_rows, static_argnums=4)(cache, jnp.asarray(src),
-                                                       jnp.asarray(dst), count, length)
+  out = jax.jit(decoding._copy_rows, static_argnums=4)(
+    cache, jnp.asarray(src), jnp.asarray(dst), count, length
+  )
   bits = lambda x: np.asarray(x).view(np.uint8)
-  for (path, before), after in zip(jax.tree_util.tree_leaves_with_path(cache),
-                                   jax.tree_util.tree_leaves(out)):
+  for (path, before), after in zip(
+    jax.tree_util.tree_leaves_with_path(cache), jax.tree_util.tree_leaves(out)
+  ):
     assert after.dtype == before.dtype
     expected, after = bits(before).copy(), bits(after)
     if "encoder_decoder_attention" in jax.tree_util.keystr(path):
@@ -387,17 +459,20 @@ def test_sampling_degenerate_cases_equal_greedy_and_keys_matter():
   enc, L = jnp.asarray(encoder_batch()), L_ENC
   greedy = decoding.greedy_decode(module, params, encoder_input_tokens=enc, max_decode_length=L)
   key = jax.random.PRNGKey(7)
-  top1 = decoding.temperature_sample(module, params, key, encoder_input_tokens=enc,
-                                     max_decode_length=L, temperature=1.5, top_k=1)
-  tiny_p = decoding.temperature_sample(module, params, key, encoder_input_tokens=enc,
-                                       max_decode_length=L, temperature=1.5, top_p=1e-6)
+  top1 = decoding.temperature_sample(
+    module, params, key, encoder_input_tokens=enc, max_decode_length=L, temperature=1.5, top_k=1
+  )
+  tiny_p = decoding.temperature_sample(
+    module, params, key, encoder_input_tokens=enc, max_decode_length=L, temperature=1.5, top_p=1e-6
+  )
   for out in (top1, tiny_p):
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(greedy.tokens))
     np.testing.assert_allclose(np.asarray(out.scores), np.asarray(greedy.scores), rtol=1e-6)
 
   batch = {"encoder_input_tokens": np.asarray(enc)}
-  sample = functools.partial(decoding.decode, module, params, batch, method="sample",
-                             max_decode_length=L, temperature=1.0)
+  sample = functools.partial(
+    decoding.decode, module, params, batch, method="sample", max_decode_length=L, temperature=1.0
+  )
   a, a_scores = sample(rng=jax.random.PRNGKey(1))
   a2, a2_scores = sample(rng=jax.random.PRNGKey(1))
   c, _ = sample(rng=jax.random.PRNGKey(2))
@@ -428,8 +503,16 @@ def test_sample_frequencies_follow_tempered_softmax():
   logits = forward(module, params, enc, np.zeros((1, 1), np.int32))[0, 0]
   batch = {"encoder_input_tokens": np.repeat(enc, n, 0)}
   for top_k in (0, 5):
-    tokens, _ = decoding.decode(module, params, batch, method="sample", max_decode_length=1,
-                                temperature=T, top_k=top_k, rng=jax.random.PRNGKey(3))
+    tokens, _ = decoding.decode(
+      module,
+      params,
+      batch,
+      method="sample",
+      max_decode_length=1,
+      temperature=T,
+      top_k=top_k,
+      rng=jax.random.PRNGKey(3),
+    )
     counts = np.bincount(np.asarray(tokens)[:, 0], minlength=len(logits))
     z = logits / T
     if top_k:
@@ -466,8 +549,9 @@ def test_score_sequences_matches_teacher_forced_log_softmax(architecture):
   if architecture == "encoder_decoder":
     enc = batch["encoder_input_tokens"] = encoder_batch(B=3, seed=4)
   else:
-    causal = batch["decoder_causal_attention"] = (np.arange(8) < 3)[None].repeat(3, 0).astype(
-        np.int32)
+    causal = batch["decoder_causal_attention"] = (
+      (np.arange(8) < 3)[None].repeat(3, 0).astype(np.int32)
+    )
   got = np.asarray(decoding.score_sequences(module, params, batch))
   lp = log_softmax(np.asarray(_forward(module)(params, enc, dec_in, causal), np.float64))
   want = [sum(lp[b, t, targets[b, t]] for t in range(8) if targets[b, t] > 0) for b in range(3)]
@@ -476,19 +560,22 @@ def test_score_sequences_matches_teacher_forced_log_softmax(architecture):
   w = (targets > 0).astype(np.float32)
   w[:, 0] = 0
   got_w = np.asarray(decoding.score_sequences(module, params, dict(batch, decoder_loss_weights=w)))
-  np.testing.assert_allclose(got_w, np.asarray(want) - lp[np.arange(3), 0, targets[:, 0]],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    got_w, np.asarray(want) - lp[np.arange(3), 0, targets[:, 0]], rtol=1e-5
+  )
 
 
 def test_rejects_bad_arguments():
   module, params = make_model()
   enc = encoder_batch()
   with pytest.raises(ValueError, match="method"):
-    decoding.decode(module, params, {"encoder_input_tokens": enc}, method="nope",
-                    max_decode_length=4)
+    decoding.decode(
+      module, params, {"encoder_input_tokens": enc}, method="nope", max_decode_length=4
+    )
   with pytest.raises(ValueError, match="rng"):
-    decoding.decode(module, params, {"encoder_input_tokens": enc}, method="sample",
-                    max_decode_length=4)
+    decoding.decode(
+      module, params, {"encoder_input_tokens": enc}, method="sample", max_decode_length=4
+    )
   with pytest.raises(ValueError, match="encoder_input_tokens"):
     decoding.decode(module, params, {}, max_decode_length=4)
   dmodule, dparams = make_model("decoder_only", seed=1)

@@ -28,18 +28,54 @@ RTOL = 1e-5
 
 # name -> (HF T5Config kwargs, encoder length, decoder length)
 FAMILIES = {
-    # T5.1.0: ReLU, tied embedding/head with the d_model**-0.5 rescale; heads*d_kv == d_model.
-    "t5_1_0": (dict(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-                    num_decoder_layers=2, feed_forward_proj="relu", tie_word_embeddings=True),
-               48, 41),
-    # T5.1.1 / mT5: GEGLU, untied head; heads*d_kv (36) != d_model (48).
-    "t5_1_1": (dict(vocab_size=200, d_model=48, d_kv=12, num_heads=3, d_ff=96, num_layers=2,
-                    num_decoder_layers=2, feed_forward_proj="gated-gelu",
-                    tie_word_embeddings=False), 64, 44),
-    # ByT5 shape: GEGLU, untied, 3:1 encoder:decoder; byte-long inputs cross max_distance 128.
-    "byt5": (dict(vocab_size=300, d_model=32, d_kv=16, num_heads=2, d_ff=64, num_layers=3,
-                  num_decoder_layers=1, feed_forward_proj="gated-gelu",
-                  tie_word_embeddings=False), 130, 48),
+  # T5.1.0: ReLU, tied embedding/head with the d_model**-0.5 rescale; heads*d_kv == d_model.
+  "t5_1_0": (
+    dict(
+      vocab_size=128,
+      d_model=32,
+      d_kv=8,
+      num_heads=4,
+      d_ff=64,
+      num_layers=2,
+      num_decoder_layers=2,
+      feed_forward_proj="relu",
+      tie_word_embeddings=True,
+    ),
+    48,
+    41,
+  ),
+  # T5.1.1 / mT5: GEGLU, untied head; heads*d_kv (36) != d_model (48).
+  "t5_1_1": (
+    dict(
+      vocab_size=200,
+      d_model=48,
+      d_kv=12,
+      num_heads=3,
+      d_ff=96,
+      num_layers=2,
+      num_decoder_layers=2,
+      feed_forward_proj="gated-gelu",
+      tie_word_embeddings=False,
+    ),
+    64,
+    44,
+  ),
+  # ByT5 shape: GEGLU, untied, 3:1 encoder:decoder; byte-long inputs cross max_distance 128.
+  "byt5": (
+    dict(
+      vocab_size=300,
+      d_model=32,
+      d_kv=16,
+      num_heads=2,
+      d_ff=64,
+      num_layers=3,
+      num_decoder_layers=1,
+      feed_forward_proj="gated-gelu",
+      tie_word_embeddings=False,
+    ),
+    130,
+    48,
+  ),
 }
 
 
@@ -51,8 +87,9 @@ def rel_err(a, b) -> float:
 def build_hf(family: str, seed: int = 0):
   """A seeded random HF T5ForConditionalGeneration in eval mode, untied where the family is."""
   kwargs, _, _ = FAMILIES[family]
-  hf_cfg = transformers.T5Config(**kwargs, dropout_rate=0.0, decoder_start_token_id=0,
-                                 pad_token_id=0, eos_token_id=1)
+  hf_cfg = transformers.T5Config(
+    **kwargs, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1
+  )
   torch.manual_seed(seed)
   model = transformers.T5ForConditionalGeneration(hf_cfg).eval()
   with torch.no_grad():
@@ -96,13 +133,15 @@ def hf_forward(model, inputs, targets):
   """HF shifts `labels` right itself (start token 0, -100 -> pad 0), as xt5's run() does."""
   labels = np.where(targets == 0, -100, targets)
   with torch.no_grad():
-    out = model(input_ids=torch.tensor(inputs, dtype=torch.long),
-                attention_mask=torch.tensor(inputs != 0, dtype=torch.long),
-                labels=torch.tensor(labels, dtype=torch.long))
+    out = model(
+      input_ids=torch.tensor(inputs, dtype=torch.long),
+      attention_mask=torch.tensor(inputs != 0, dtype=torch.long),
+      labels=torch.tensor(labels, dtype=torch.long),
+    )
   return (out.encoder_last_hidden_state.numpy(), out.logits.numpy(), float(out.loss))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(family: str):
   """(model, inputs, targets, HF encoder output, logits, loss) — computed once per family."""
   model = build_hf(family)
@@ -115,15 +154,16 @@ def _encode_decode(module, inputs, decoder_inputs):
   return encoded, module.decode(encoded, inputs, decoder_inputs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _xt5_fn(cfg):
   """One jitted program per config (encoder traced once, loss inside): compiles dominate this
   file's run time."""
 
   def run(params, inputs, targets):
     decoder_inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-    enc, logits = Transformer(cfg).apply({"params": params}, inputs, decoder_inputs,
-                                         method=_encode_decode)
+    enc, logits = Transformer(cfg).apply(
+      {"params": params}, inputs, decoder_inputs, method=_encode_decode
+    )
     loss, _ = losses.compute_loss(logits, targets, z_loss=0.0)  # per-token normalisation
     return enc, logits, loss
 
@@ -142,9 +182,11 @@ def assert_matches(family, params, cfg, model=None):
   ref_model, inputs, targets, enc_ref, logits_ref, loss_ref = reference(family)
   enc, logits, loss = xt5_forward(params, cfg, inputs, targets)
   enc_mask, dec_mask = inputs != 0, targets != 0
-  errs = (rel_err(enc[enc_mask], enc_ref[enc_mask]),
-          rel_err(logits[dec_mask], logits_ref[dec_mask]),
-          abs(loss - loss_ref) / abs(loss_ref))
+  errs = (
+    rel_err(enc[enc_mask], enc_ref[enc_mask]),
+    rel_err(logits[dec_mask], logits_ref[dec_mask]),
+    abs(loss - loss_ref) / abs(loss_ref),
+  )
   assert errs[0] <= RTOL, f"{family} encoder output rel err {errs[0]:.2e}"
   assert errs[1] <= RTOL, f"{family} logits rel err {errs[1]:.2e}"
   assert errs[2] <= RTOL, f"{family} loss {loss} vs HF {loss_ref} (rel {errs[2]:.2e})"
@@ -158,11 +200,15 @@ def assert_matches(family, params, cfg, model=None):
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 64), (32, 40)])
 def test_relative_position_bucket_matches_hf(bidirectional, num_buckets, max_distance):
   rel = np.arange(-300, 301)
-  ours = np.asarray(layers.relative_position_bucket(
-      jnp.asarray(rel), bidirectional, num_buckets, max_distance))
+  ours = np.asarray(
+    layers.relative_position_bucket(jnp.asarray(rel), bidirectional, num_buckets, max_distance)
+  )
   theirs = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket(
-      torch.tensor(rel), bidirectional=bidirectional, num_buckets=num_buckets,
-      max_distance=max_distance).numpy()
+    torch.tensor(rel),
+    bidirectional=bidirectional,
+    num_buckets=num_buckets,
+    max_distance=max_distance,
+  ).numpy()
   np.testing.assert_array_equal(ours, theirs)
 
 
@@ -173,8 +219,10 @@ def test_forward_and_loss_match_hf(family, scan_layers):
   cfg = convert.config_from_hf(model.config, scan_layers=scan_layers)
   kwargs = FAMILIES[family][0]
   assert cfg.logits_via_embedding == kwargs["tie_word_embeddings"]
-  assert (cfg.num_encoder_layers, cfg.num_decoder_layers) == (kwargs["num_layers"],
-                                                              kwargs["num_decoder_layers"])
+  assert (cfg.num_encoder_layers, cfg.num_decoder_layers) == (
+    kwargs["num_layers"],
+    kwargs["num_decoder_layers"],
+  )
   params = convert.params_from_hf_state_dict(model.state_dict(), cfg)
   # exactly the tree (and shapes) the network initialises
   want = jax.tree_util.tree_map(lambda s: s.shape, convert.param_shapes(cfg))
@@ -215,8 +263,9 @@ def _save_bin(model, directory):
   torch.save(model.state_dict(), os.path.join(directory, convert.HF_WEIGHTS_BIN))
 
 
-@pytest.mark.parametrize("family,fmt", [("t5_1_0", "safetensors"), ("t5_1_1", "bin"),
-                                        ("byt5", "sharded")])
+@pytest.mark.parametrize(
+  "family,fmt", [("t5_1_0", "safetensors"), ("t5_1_1", "bin"), ("byt5", "sharded")]
+)
 def test_cli_round_trip(family, fmt, tmp_path, capsys):
   """save_pretrained -> from-hf -> xt5 checkpoint -> logits -> to-hf -> from_pretrained."""
   model, inputs, targets, _, logits_ref, _ = reference(family)
@@ -229,8 +278,9 @@ def test_cli_round_trip(family, fmt, tmp_path, capsys):
   if fmt == "sharded":
     assert convert.HF_WEIGHTS_SAFETENSORS + ".index.json" in names
   else:
-    assert {"safetensors": convert.HF_WEIGHTS_SAFETENSORS,
-            "bin": convert.HF_WEIGHTS_BIN}[fmt] in names
+    assert {"safetensors": convert.HF_WEIGHTS_SAFETENSORS, "bin": convert.HF_WEIGHTS_BIN}[
+      fmt
+    ] in names
 
   assert convert.main(["from-hf", hf_dir, xt5_dir]) == 0
   assert sorted(os.listdir(xt5_dir)) == ["config.json", "model.gin", "params"]
@@ -256,8 +306,9 @@ def test_transformers5_tied_v11_model(tmp_path):
   model.save_pretrained(str(tmp_path / "hf"))
   cfg, params = convert.load_hf(str(tmp_path / "hf"))
   assert not cfg.logits_via_embedding
-  np.testing.assert_array_equal(params["decoder"]["logits_dense"],
-                                params["token_embedder"]["embedding"].T)
+  np.testing.assert_array_equal(
+    params["decoder"]["logits_dense"], params["token_embedder"]["embedding"].T
+  )
   inputs, targets = make_batch("t5_1_1", seed=1)
   _, logits_ref, loss_ref = hf_forward(model, inputs, targets)
   _, logits, loss = xt5_forward(params, cfg, inputs, targets)

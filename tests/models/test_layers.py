@@ -20,11 +20,14 @@ def _max_rel_err(a, b):
   return float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.max(jnp.abs(b)))
 
 
-@pytest.mark.parametrize("x_shape,k_shape,contract", [
+@pytest.mark.parametrize(
+  "x_shape,k_shape,contract",
+  [
     ((2, 3, 8), (8, 5), 1),  # dense
     ((2, 3, 8), (8, 2, 4), 1),  # q/k/v projection to heads
     ((2, 3, 2, 4), (2, 4, 8), 2),  # attention output projection
-])
+  ],
+)
 def test_float32_dot_and_grads_equal_autodiff(x_shape, k_shape, contract):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
@@ -86,7 +89,8 @@ def test_float32_attention_and_grads_equal_autodiff(B, T, S, dropout):
 
   def loss(fn):
     return lambda q, k, v, pos: jnp.sum(
-        fn(q, k, v, (biases[0], pos), jnp.float32, keep, 0.3).astype(jnp.float32) * g)
+      fn(q, k, v, (biases[0], pos), jnp.float32, keep, 0.3).astype(jnp.float32) * g
+    )
 
   ours, ref = loss(layers.dot_product_attention), loss(_plain_attention)
   args = (q, k, v, biases[1])
@@ -101,9 +105,12 @@ def test_bfloat16_attention_grads_close_to_float32_and_jit_on_real_shapes():
   uses (encoder 512, decoder 114, cross 114×512) compile and run on XLA:CPU's bf16 paths."""
   for T, S in [(16, 16), (8, 24)]:
     q, k, v, biases, g, _ = _attention_inputs(2, 3, T, S, 8, jnp.float32, seed=T)
-    loss = lambda q, k, v, pos, dt: jnp.sum(layers.dot_product_attention(
-        q.astype(dt), k.astype(dt), v.astype(dt), (biases[0], pos), dt)
-        .astype(jnp.float32) * g)
+    loss = lambda q, k, v, pos, dt: jnp.sum(
+      layers.dot_product_attention(
+        q.astype(dt), k.astype(dt), v.astype(dt), (biases[0], pos), dt
+      ).astype(jnp.float32)
+      * g
+    )
     grads = jax.grad(loss, (0, 1, 2, 3))(q, k, v, biases[1], jnp.bfloat16)
     grads32 = jax.grad(loss, (0, 1, 2, 3))(q, k, v, biases[1], jnp.float32)
     assert [x.dtype for x in grads] == [jnp.float32] * 4  # cast back to the primal dtypes
@@ -111,32 +118,44 @@ def test_bfloat16_attention_grads_close_to_float32_and_jit_on_real_shapes():
       assert _max_rel_err(a, b) < 5e-2
   for T, S in [(512, 512), (114, 114), (114, 512)]:
     q, k, v, biases, g, _ = _attention_inputs(1, 2, T, S, 64, jnp.bfloat16, seed=1)
-    step = jax.jit(jax.grad(lambda q, k, v, pos: jnp.sum(layers.dot_product_attention(
-        q, k, v, (biases[0], pos), jnp.bfloat16).astype(jnp.float32) * g), (0, 1, 2, 3)))
-    assert all(bool(jnp.all(jnp.isfinite(x.astype(jnp.float32))))
-               for x in step(q, k, v, biases[1]))
+    step = jax.jit(
+      jax.grad(
+        lambda q, k, v, pos: jnp.sum(
+          layers.dot_product_attention(q, k, v, (biases[0], pos), jnp.bfloat16).astype(jnp.float32)
+          * g
+        ),
+        (0, 1, 2, 3),
+      )
+    )
+    assert all(bool(jnp.all(jnp.isfinite(x.astype(jnp.float32)))) for x in step(q, k, v, biases[1]))
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("T,S,offset", [(7, 7, 0), (3, 11, 0), (1, 16, 5), (2, 9, 4), (9, 4, 0)])
-def test_position_bias_and_grads_equal_a_gather_over_bucketed_distances(bidirectional, T, S,
-                                                                        offset):
+def test_position_bias_and_grads_equal_a_gather_over_bucketed_distances(
+  bidirectional, T, S, offset
+):
   # small max_distance/buckets so short lengths reach the log-spaced and clipped buckets
-  module = layers.RelativePositionBias(num_heads=3, num_buckets=8, max_distance=6,
-                                       bidirectional=bidirectional)
+  module = layers.RelativePositionBias(
+    num_heads=3, num_buckets=8, max_distance=6, bidirectional=bidirectional
+  )
   params = nn.unbox(module.init(jax.random.PRNGKey(0), T, S, offset))
   table_HN = params["params"]["rel_embedding"]
   buckets_TS = layers.relative_position_bucket(
-      np.arange(S)[None, :] - (offset + np.arange(T))[:, None], bidirectional, 8, 6)
+    np.arange(S)[None, :] - (offset + np.arange(T))[:, None], bidirectional, 8, 6
+  )
   expected_HTS = np.asarray(table_HN)[:, np.asarray(buckets_TS)]
   # the offset traced (as in cached decoding) and static give the same bias
-  for bias in (module.apply(params, T, S, offset),
-               jax.jit(module.apply, static_argnums=(1, 2))(params, T, S, jnp.int32(offset))):
+  for bias in (
+    module.apply(params, T, S, offset),
+    jax.jit(module.apply, static_argnums=(1, 2))(params, T, S, jnp.int32(offset)),
+  ):
     np.testing.assert_array_equal(np.asarray(bias), expected_HTS[None])
   # gradient: each bucket collects the cotangents of the (t, s) pairs that fall in it
   g_HTS = np.random.default_rng(1).standard_normal(expected_HTS.shape).astype(np.float32)
   grad = jax.grad(lambda p: jnp.sum(module.apply(p, T, S, offset)[0] * g_HTS))(params)
   expected_grad = np.zeros_like(np.asarray(table_HN))
   np.add.at(expected_grad.T, np.asarray(buckets_TS), np.moveaxis(g_HTS, 0, -1))
-  np.testing.assert_allclose(np.asarray(grad["params"]["rel_embedding"]), expected_grad,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(grad["params"]["rel_embedding"]), expected_grad, rtol=1e-5, atol=1e-5
+  )

