@@ -23,7 +23,6 @@ import hashlib  # noqa: E402  (after runtime.configure)
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,13 +31,16 @@ import numpy as np
 import seqio
 import tqdm
 
-import train as train_lib
 from models import checkpoint as model_checkpoint
-from models import convert, partitioning
+from models import convert
 from models.config import T5Config
 from trainer import data as data_lib
+from trainer import evaluation, optimizers
 from trainer import infer as infer_lib
-from trainer import optimizers
+from trainer import loop as loop_lib
+from trainer import mesh as mesh_lib
+from trainer import params as params_lib
+from trainer import predict as predict_lib
 from trainer import state as state_lib
 
 Examples = Sequence[tuple[str, str] | Mapping[str, str]]
@@ -47,7 +49,7 @@ Examples = Sequence[tuple[str, str] | Mapping[str, str]]
 def _drop_in_memory_task_notes(record: logging.LogRecord) -> bool:
   """seqio's advice to cache a FunctionDataSource before training is about resharding big
   sources on restarts; for a list of pairs held in memory it only confuses."""
-  return train_lib.drop_known_seqio_notes(record) and not record.getMessage().startswith(
+  return data_lib.drop_known_seqio_notes(record) and not record.getMessage().startswith(
     "Using an uncached FunctionDataset"
   )
 
@@ -127,30 +129,19 @@ class InteractiveModel:
     self.task_feature_lengths = dict(task_feature_lengths or {"inputs": 128, "targets": 128})
     self.batch_size = batch_size
     self.seed = seed
-    self.rules = partitioning_rules
-    self.mesh, self.batch_sharding, self.module = train_lib.setup_model(
-      model_config, mesh_shape, partitioning_rules
-    )
+    self.placement, self.module = mesh_lib.setup_model(model_config, mesh_shape, partitioning_rules)
     self.learning_rate = learning_rate
     self.tx = optimizers.make_optimizer(optimizer, learning_rate, clip_grad_norm)
-    self._loss = dict(
-      z_loss=z_loss,
-      label_smoothing=label_smoothing,
-      loss_normalizing_factor=loss_normalizing_factor,
-    )
+    self._loss = state_lib.LossConfig(z_loss, label_smoothing, loss_normalizing_factor)
     example = self._example_batch = self._example(
       self.task_feature_lengths, self._round(batch_size)
     )
-    self._shardings = state_lib.state_shardings(
-      self.module, self.tx, example, self.mesh, partitioning_rules
-    )
+    self._shardings = state_lib.state_shardings(self.module, self.tx, example, self.placement)
     param_shardings = self._shardings["params"]
     if checkpoint_path is not None:
-      params = train_lib.load_params(checkpoint_path, model_config, param_shardings)
+      params = params_lib.load_params(checkpoint_path, model_config, param_shardings)
     elif params is None:
-      params, _ = partitioning.init_sharded(
-        self.module, jax.random.key(seed), example, self.mesh, partitioning_rules
-      )
+      params, _ = self.placement.init_params(self.module, jax.random.key(seed), example)
     else:
       convert.check_params(params, model_config, "params")
       params = jax.tree.map(jax.device_put, params, param_shardings)
@@ -176,7 +167,7 @@ class InteractiveModel:
     step), an xt5 checkpoint, a Hugging Face T5 directory or a T5X checkpoint. The config
     is read from it unless given; `config_overrides` replace fields (e.g.
     `{"dtype": "float32"}`)."""
-    cfg = model_config or train_lib.read_model_config(path)
+    cfg = model_config or params_lib.read_model_config(path)
     if config_overrides:
       cfg = cfg.replace(**config_overrides)
     return cls(cfg, checkpoint_path=path, **kwargs)
@@ -186,7 +177,7 @@ class InteractiveModel:
     return (
       f"InteractiveModel({n / 1e6:.1f}M params, d_model {self.config.d_model}, "
       f"{self.config.num_encoder_layers}+{self.config.num_decoder_layers} layers, "
-      f"vocab {self.config.vocab_size}, step {self.step}, mesh {dict(self.mesh.shape)})"
+      f"vocab {self.config.vocab_size}, step {self.step}, mesh {dict(self.placement.mesh.shape)})"
     )
 
   # ------------------------------------------------------------------------------------------
@@ -205,11 +196,11 @@ class InteractiveModel:
     return vocabulary
 
   def _round(self, batch_size: int) -> int:
-    return train_lib.round_batch_size(batch_size, self.mesh)
+    return self.placement.round_batch_size(batch_size)
 
   @staticmethod
   def _example(task_feature_lengths, batch_size):
-    return train_lib.example_batch("encoder_decoder", True, task_feature_lengths, batch_size)
+    return mesh_lib.example_batch("encoder_decoder", True, task_feature_lengths, batch_size)
 
   @property
   def params(self):
@@ -226,7 +217,7 @@ class InteractiveModel:
 
     if isinstance(data, str):
       tasks.get(data)  # unknown names: an error with the close ones
-      train_lib.check_vocabulary(data, self.config)
+      mesh_lib.check_vocabulary(data, self.config)
       return data
     pairs = [(x["inputs"], x["targets"]) if isinstance(x, Mapping) else tuple(x) for x in data]
     if any(len(p) != 2 for p in pairs):
@@ -264,19 +255,12 @@ class InteractiveModel:
     or 'sample' (temperature, top_k, top_p; the same `seed` gives the same samples).
     Scores: summed log-probabilities (beam: length-penalised)."""
     lengths = self.task_feature_lengths
-    predict_fn = train_lib.make_predict_fn(
+    predict_fn = predict_lib.make_predict_fn(
       self.module,
       self._params,
-      self.mesh,
-      self.rules,
-      self.batch_sharding,
+      self.placement,
       max_decode_length=max_decode_length or lengths["targets"],
-      method=method,
-      num_beams=num_beams,
-      alpha=alpha,
-      temperature=temperature,
-      top_k=top_k,
-      top_p=top_p,
+      decode=predict_lib.DecodeConfig(method, num_beams, alpha, temperature, top_k, top_p),
       seed=self.seed if seed is None else seed,
     )
     records = infer_lib.infer_texts(
@@ -309,9 +293,7 @@ class InteractiveModel:
     """Log-likelihood of each target given its input, summed over the target's tokens
     (EOS included) [len(inputs)]."""
     lengths = self.task_feature_lengths
-    score_fn = train_lib.make_score_fn(
-      self.module, self._params, self.mesh, self.rules, self.batch_sharding
-    )
+    score_fn = predict_lib.make_score_fn(self.module, self._params, self.placement)
     records = infer_lib.infer_texts(
       inputs,
       self.vocabulary,
@@ -335,8 +317,7 @@ class InteractiveModel:
         self.tx,
         None,
         self._example_batch,
-        self.mesh,
-        self.rules,
+        self.placement,
         self._shardings,
         self._params,
       )["opt_state"]
@@ -361,7 +342,7 @@ class InteractiveModel:
     name = self._task_name(data)
     lengths = self._lengths(task_feature_lengths)
     batch_size = batch_size or self.batch_size
-    train_lib.check_batch_size(batch_size, 1, self.mesh)
+    mesh_lib.check_batch_size(batch_size, 1, self.placement)
     config = data_lib.DatasetConfig(
       name, lengths, "train", batch_size, "encoder_decoder", pack, True, self.seed
     )
@@ -370,39 +351,26 @@ class InteractiveModel:
       self._streams[key] = data_lib.TrainStream(config)
     stream = self._streams[key]
     if self._train_step is None:
-      self._train_step = train_lib.make_train_step_fn(
-        self.module,
-        self.tx,
-        self.learning_rate,
-        self._shardings,
-        self.batch_sharding,
-        self.mesh,
-        self.rules,
-        **self._loss,
+      self._train_step = loop_lib.make_train_step_fn(
+        self.module, self.tx, self.learning_rate, self._shardings, self.placement, loss=self._loss
       )
     rng = jax.random.key(self.seed + 1)
     state = self._state()
-    records, window = [], []
+    records, window = [], loop_lib.StepWindow()
     bar = tqdm.tqdm(total=steps, disable=not show_progress, unit="step", desc=name)
-    t_window = time.perf_counter()
     try:
       for i in range(steps):
-        batch = data_lib.global_batch(next(stream), self.batch_sharding)
+        batch = data_lib.global_batch(next(stream), self.placement.batch_sharding)
         state, step_metrics = self._train_step(state, batch, rng)
         self.step += 1
-        window.append((self.step, step_metrics))
+        window.add(self.step, step_metrics)
         if len(window) == log_every or i == steps - 1:
-          train_lib.check_finite(window)
-          jax.block_until_ready(step_metrics)
-          now = time.perf_counter()
-          summary = train_lib.summarise_window(window, now - t_window, 0.0, None)
-          t_window = now
-          record = {"step": self.step, **{f"train/{k}": v for k, v in summary.items()}}
+          n = len(window)
+          record = {"step": self.step, **{f"train/{k}": v for k, v in window.summary().items()}}
           records.append(record)
           self.history.append(record)
-          bar.update(len(window))
+          bar.update(n)
           bar.set_postfix(loss=f"{record['train/loss']:.3f}")
-          window = []
     finally:
       # the step donates its input state: keep the newest one, even after an interrupt
       self._params, self._opt_state = state["params"], state["opt_state"]
@@ -431,19 +399,17 @@ class InteractiveModel:
     batch_size = self._round(batch_size or self.batch_size)
     key = (name, split, tuple(sorted(lengths.items())), batch_size, max_examples)
     if key not in self._evaluators:  # caches the split's examples, so build once
-      self._evaluators[key] = train_lib.make_inference_evaluator(
+      self._evaluators[key] = evaluation.make_inference_evaluator(
         name, split, lengths, batch_size, max_examples=max_examples, seed=self.seed
       )
     if self._eval_step is None:
-      self._eval_step = partitioning.jit(
-        state_lib.make_eval_step(self.module, z_loss=self._loss["z_loss"]), self.mesh, self.rules
+      self._eval_step = self.placement.jit(
+        state_lib.make_eval_step(self.module, z_loss=self._loss.z_loss)
       )
-    return train_lib.evaluate_params(
+    return evaluation.evaluate_params(
       self.module,
       self._params,
-      self.mesh,
-      self.rules,
-      self.batch_sharding,
+      self.placement,
       self._eval_step,
       self._evaluators[key],
       mixture_or_task_name=name,
@@ -451,9 +417,7 @@ class InteractiveModel:
       task_feature_lengths=lengths,
       batch_size=batch_size,
       eval_batches=eval_batches,
-      decode_method=method,
-      num_beams=num_beams,
-      alpha=alpha,
+      decode=predict_lib.DecodeConfig(method, num_beams, alpha),
       seed=self.seed,
       step=self.step,
     )

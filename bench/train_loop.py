@@ -1,16 +1,16 @@
-"""Training-loop overhead: `train.train` end to end vs the bare jitted train step it runs.
+"""Training-loop overhead: `trainer.loop.train` end to end vs the bare jitted train step it runs.
 
   python -m bench.train_loop [--model quickstart --task translate_en_de --steps 80]
 
 Three contenders, same model, optimizer, schedule, mesh and shardings, in one process:
-  bare step        train.py's jitted step (trainer.state, donated state) on one fixed batch of
+  bare step        trainer.loop's jitted step (trainer.state, donated state) on one fixed batch of
                    the task, pre-fetched to the device; blocks once, after the block of steps
   step + pipeline  the same jitted step, each batch from a seqio TrainStream (host -> device)
-  full loop        `train.train` itself: input pipeline, step, host syncs for metrics,
+  full loop        `trainer.loop.train` itself: input pipeline, step, host syncs for metrics,
                    TensorBoard + JSONL logs every --log-period steps, async orbax checkpoints
                    every --checkpoint-period steps; eval off, no progress bar
 
-The loop is timed from its own log, without its start-up: a call of `train.train` runs W + N
+The loop is timed from its own log, without its start-up: a call of `trainer.loop.train` runs W + N
 steps, W = one log period of warm-up (jit, restore, data skip, pipeline fill); its time for N
 steps is the difference of the `time` stamps of the metrics.jsonl lines that end the warm-up and
 the run. Every stamp is taken at the same point of a log cycle, so the difference holds whole
@@ -42,13 +42,12 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache
 
 import tasks
-import train
 from bench.util import emit_json, print_table
 from models import partitioning
 from models.config import T5Config
 from models.network import Transformer
 from tasks import corpora, vocab
-from trainer import data, optimizers
+from trainer import data, evaluation, loop, optimizers
 from trainer import metrics as metrics_lib
 from trainer import state as state_lib
 
@@ -79,7 +78,7 @@ PRESETS = {
   "small": dict(batch=16, inputs=128, targets=128, log_period=10, checkpoint_period=20, rounds=4),
   "tiny": dict(batch=8, inputs=32, targets=32, log_period=2, checkpoint_period=3, rounds=2),
 }
-RULES = "data_parallel"  # train.train's default
+RULES = "data_parallel"  # trainer.loop.train's default
 
 
 def model_config(model: str, task: str) -> T5Config:
@@ -88,23 +87,21 @@ def model_config(model: str, task: str) -> T5Config:
 
 
 class BareStep:
-  """train.py's jitted step (same optimizer, schedule, shardings, donation) outside the loop."""
+  """trainer.loop's jitted step (same optimizer, schedule, shardings, donation) outside the loop."""
 
   def __init__(self, cfg: T5Config, dataset: data.DatasetConfig):
-    mesh = partitioning.make_mesh()
+    placement = partitioning.Placement(partitioning.make_mesh(), RULES)
     module = Transformer(cfg)
     lr = optimizers.rsqrt_decay()
     tx = optimizers.make_optimizer(optimizers.adafactor, lr)
-    self.batch_sharding = partitioning.batch_sharding(mesh, RULES)
+    self.batch_sharding = placement.batch_sharding
     self.stream = data.TrainStream(dataset)
     self.batch = data.global_batch(next(self.stream), self.batch_sharding)  # fixed, on device
-    shardings = state_lib.state_shardings(module, tx, self.batch, mesh, RULES)
+    shardings = state_lib.state_shardings(module, tx, self.batch, placement)
     self.state = state_lib.init_state(
-      module, tx, jax.random.key(0), self.batch, mesh, RULES, shardings
+      module, tx, jax.random.key(0), self.batch, placement, shardings
     )
-    self.step_fn = train.make_train_step_fn(
-      module, tx, lr, shardings, self.batch_sharding, mesh, RULES
-    )
+    self.step_fn = loop.make_train_step_fn(module, tx, lr, shardings, placement)
     self.rng = jax.random.key(1)
 
   def run(self, steps: int, fed: bool = False) -> float:
@@ -120,7 +117,7 @@ class BareStep:
 
 @contextlib.contextmanager
 def compilation_cache_in(path: str):
-  """JAX's persistent compilation cache in `path` while inside: each round's `train.train`
+  """JAX's persistent compilation cache in `path` while inside: each round's `trainer.loop.train`
   loads what the bare step and the previous round compiled (the same programs) instead of
   compiling again, which start-up would otherwise spend. Executables are unchanged."""
   names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
@@ -159,20 +156,16 @@ def loop_round(
 ) -> float:
   """Wall seconds of the loop's steps start+warmup+1 .. start+warmup+steps, from its log."""
   end = start + warmup + steps
-  train.train(
+  loop.train(
     model_dir=model_dir,
     model_config=cfg,
-    mixture_or_task_name=dataset.mixture_or_task_name,
-    task_feature_lengths=dict(dataset.task_feature_lengths),
+    dataset=dataset,
     train_steps=end,
-    batch_size=dataset.batch_size,
-    seed=dataset.seed,
-    optimizer=optimizers.adafactor,
-    learning_rate=optimizers.rsqrt_decay(),
+    optimizer=loop.OptimizerConfig(optimizers.adafactor, optimizers.rsqrt_decay()),
     partitioning_rules=RULES,
-    checkpoint_period=checkpoint_period,
+    checkpoint=loop.CheckpointConfig(period=checkpoint_period),
+    eval=evaluation.EvalConfig(period=None),
     log_period=log_period,
-    eval_period=None,
     show_progress=False,
   )
   gc.collect()  # the run's input pipeline stops its threads before the next contender runs
@@ -180,7 +173,7 @@ def loop_round(
   first = start + warmup
   if first not in times or end not in times:
     raise RuntimeError(
-      f"train.train logged no line at step {first} or {end} in "
+      f"loop.train logged no line at step {first} or {end} in "
       f"{model_dir}/{metrics_lib.JSONL}; logged steps: {sorted(times)}"
     )
   return times[end] - times[first]
@@ -266,7 +259,7 @@ def main(argv=None):
     "train",
     opts["batch"],
     seed=0,
-  )  # as train.train builds it
+  )  # as train.py's train builds it
   with tempfile.TemporaryDirectory(prefix="xt5_bench_loop_") as tmp:
     with compilation_cache_in(os.path.join(tmp, "jax_cache")):
       blocks = measure(

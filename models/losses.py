@@ -117,11 +117,13 @@ def compute_loss(
   z = _normalize(jnp.sum(z_loss_BT * weights_BT), weights_BT, loss_normalizing_factor, z_loss_BT)
   correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
   num_tokens = jnp.sum(weights_BT)
+  num_correct = jnp.sum(correct_BT * weights_BT)
   metrics = {
     "loss": loss,
     "z_loss": z,
     "cross_ent_loss": loss - z,
-    "accuracy": jnp.sum(correct_BT * weights_BT) / jnp.maximum(num_tokens, 1e-8),
+    "accuracy": num_correct / jnp.maximum(num_tokens, 1e-8),
+    "num_correct": num_correct,
     "num_target_tokens": num_tokens,
     "num_sequences": jnp.sum(jnp.any(weights_BT > 0, axis=-1)).astype(jnp.float32),
   }

@@ -21,13 +21,15 @@ skipped, so the next rule for that dim or a later alternative rule (e.g. FSDP's 
 
 Activation constraints (`nn.with_logical_constraint`) take effect only when, at trace time, flax
 sees rules (`nn.logical_axis_rules`) and jax has a mesh in context (`jax.set_mesh`; `with mesh:`
-is deprecated and invisible to flax). `jit` bakes both into one jitted function; flax's rules are
-not part of jax's jit cache key, so never call one plain `jax.jit` function under two rule sets.
+is deprecated and invisible to flax). `Placement.jit` bakes both into one jitted function;
+flax's rules are not part of jax's jit cache key, so never call one plain `jax.jit` function
+under two rule sets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import math
@@ -196,35 +198,6 @@ def unbox(tree):
   return jax.tree.map(lambda x: x.value if _is_boxed(x) else x, tree, is_leaf=_is_boxed)
 
 
-def logical_specs(boxed_tree, mesh: Mesh, rules: str | Sequence) -> Any:
-  """PartitionSpec per param (tree shaped like the unboxed params); unboxed leaves replicated."""
-  rules = logical_axis_rules(rules, mesh)
-
-  def spec(x):
-    if not _is_boxed(x):
-      return P()
-    names = tuple(x.names)
-    return _resolve(names, getattr(x.value, "shape", None), rules, mesh)
-
-  return jax.tree.map(spec, boxed_tree, is_leaf=_is_boxed)
-
-
-def param_shardings(boxed_tree, mesh: Mesh, rules: str | Sequence) -> Any:
-  """NamedSharding per param for boxed params, concrete or abstract (`abstract_params`)."""
-  return jax.tree.map(
-    lambda s: NamedSharding(mesh, s),
-    logical_specs(boxed_tree, mesh, rules),
-    is_leaf=lambda x: isinstance(x, P),
-  )
-
-
-def batch_sharding(mesh: Mesh, rules: str | Sequence) -> NamedSharding:
-  """Sharding of every [B, L] feature-converter array (use it as a pytree prefix)."""
-  return NamedSharding(
-    mesh, nn.logical_to_mesh_axes(("batch", "length"), logical_axis_rules(rules, mesh))
-  )
-
-
 def _drop(spec: P, ndim: int, dim: int) -> P:
   full = tuple(spec) + (None,) * (ndim - len(spec))
   return P(*(full[:dim] + full[dim + 1 :]))
@@ -275,47 +248,6 @@ def opt_state_shardings(tx, abstract_params, param_shardings_tree) -> Any:
   return jax.tree_util.tree_map_with_path(leaf_sharding, state)
 
 
-# ----------------------------------------------------------------------------------------------
-# Running under a mesh
-
-
-@contextlib.contextmanager
-def mesh_and_rules(mesh: Mesh, rules: str | Sequence):
-  """Context in which traced `nn.with_logical_constraint`s shard over `mesh` by `rules`."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(logical_axis_rules(rules, mesh)):
-    yield
-
-
-def jit(fn, mesh: Mesh, rules: str | Sequence, **jit_kwargs):
-  """`jax.jit(fn, **jit_kwargs)` whose trace sees `mesh` and `rules` (activation constraints).
-
-  The rules are entered inside the traced function, so they belong to this jitted function and
-  cannot leak into (or from) another one's cache. The mesh is set around each call
-  (`jax.set_mesh`), so call it from Python, not from inside another jitted function.
-  """
-  rules = logical_axis_rules(rules, mesh)
-
-  @functools.wraps(fn)
-  def with_rules(*args, **kwargs):
-    with nn.logical_axis_rules(rules):
-      return fn(*args, **kwargs)
-
-  jitted = jax.jit(with_rules, **jit_kwargs)
-
-  @functools.wraps(fn)
-  def call(*args, **kwargs):
-    with jax.set_mesh(mesh):
-      return jitted(*args, **kwargs)
-
-  call.lower = lambda *a, **k: _lower(jitted, mesh, *a, **k)
-  return call
-
-
-def _lower(jitted, mesh, *args, **kwargs):
-  with jax.set_mesh(mesh):
-    return jitted.lower(*args, **kwargs)
-
-
 def _model_inputs(module: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
   accepted = inspect.signature(type(module).__call__).parameters
   return {k: v for k, v in batch.items() if k in accepted and k != "deterministic"}
@@ -330,21 +262,112 @@ def abstract_params(module: nn.Module, example_batch: Mapping[str, Any]) -> Any:
   return jax.eval_shape(lambda rng, x: module.init(rng, **x)["params"], jax.random.key(0), inputs)
 
 
-def init_sharded(
-  module: nn.Module, rng, example_batch: Mapping[str, Any], mesh: Mesh, rules: str | Sequence
-):
-  """Unboxed params initialised directly into their shardings; returns (params, shardings).
+# ----------------------------------------------------------------------------------------------
+# Placement: a mesh and the rules that map logical axes onto it
 
-  Only shapes/dtypes of `example_batch` matter (arrays or ShapeDtypeStructs).
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where a model runs: a mesh and the logical-axis rules (a `RULES` name or pairs) on it.
+
+  Every sharding of the project derives from this one value: params (`param_shardings`),
+  batches (`batch_sharding`), and traced activation constraints (`jit`, `context`).
   """
-  shapes = {
-    k: (tuple(v.shape), jnp.dtype(v.dtype)) for k, v in _model_inputs(module, example_batch).items()
-  }
-  shardings = param_shardings(abstract_params(module, example_batch), mesh, rules)
 
-  def init(rng):
-    inputs = {k: jnp.zeros(s, d) for k, (s, d) in shapes.items()}
-    return unbox(module.init(rng, **inputs)["params"])
+  mesh: Mesh
+  rules: str | Sequence = "data_parallel"
 
-  params = jit(init, mesh, rules, out_shardings=shardings)(rng)
-  return params, shardings
+  @functools.cached_property
+  def axis_rules(self) -> Rules:
+    """The rules restricted to the mesh's axes (what flax's logical constraints see)."""
+    return logical_axis_rules(self.rules, self.mesh)
+
+  @property
+  def data_parallel_size(self) -> int:
+    """How many ways the batch is split: the mesh's data (x replica) devices."""
+    return self.mesh.shape.get("data", 1) * self.mesh.shape.get("replica", 1)
+
+  def round_batch_size(self, batch_size: int) -> int:
+    """`batch_size` rounded up to a multiple of the data-parallel devices (eval/infer pad)."""
+    n = self.data_parallel_size
+    return -(-batch_size // n) * n
+
+  def logical_specs(self, boxed_tree) -> Any:
+    """PartitionSpec per param (tree shaped like the unboxed params); unboxed leaves
+    replicated."""
+
+    def spec(x):
+      if not _is_boxed(x):
+        return P()
+      return _resolve(tuple(x.names), getattr(x.value, "shape", None), self.axis_rules, self.mesh)
+
+    return jax.tree.map(spec, boxed_tree, is_leaf=_is_boxed)
+
+  def param_shardings(self, boxed_tree) -> Any:
+    """NamedSharding per param for boxed params, concrete or abstract (`abstract_params`)."""
+    return jax.tree.map(
+      lambda s: NamedSharding(self.mesh, s),
+      self.logical_specs(boxed_tree),
+      is_leaf=lambda x: isinstance(x, P),
+    )
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    """Sharding of every [B, L] feature-converter array (use it as a pytree prefix)."""
+    return NamedSharding(self.mesh, nn.logical_to_mesh_axes(("batch", "length"), self.axis_rules))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @contextlib.contextmanager
+  def context(self):
+    """Context in which traced `nn.with_logical_constraint`s shard over the mesh by the rules."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
+      yield
+
+  def jit(self, fn, **jit_kwargs):
+    """`jax.jit(fn, **jit_kwargs)` whose trace sees the mesh and rules (activation constraints).
+
+    The rules are entered inside the traced function, so they belong to this jitted function
+    and cannot leak into (or from) another one's cache: flax's rules are not part of jax's jit
+    cache key. The mesh is set around each call (`jax.set_mesh`), so call it from Python, not
+    from inside another jitted function.
+    """
+    rules, mesh = self.axis_rules, self.mesh
+
+    @functools.wraps(fn)
+    def with_rules(*args, **kwargs):
+      with nn.logical_axis_rules(rules):
+        return fn(*args, **kwargs)
+
+    jitted = jax.jit(with_rules, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+      with jax.set_mesh(mesh):
+        return jitted(*args, **kwargs)
+
+    def lower(*args, **kwargs):
+      with jax.set_mesh(mesh):
+        return jitted.lower(*args, **kwargs)
+
+    call.lower = lower
+    return call
+
+  def init_params(self, module: nn.Module, rng, example_batch: Mapping[str, Any]):
+    """Unboxed params initialised directly into their shardings; returns (params, shardings).
+
+    Only shapes/dtypes of `example_batch` matter (arrays or ShapeDtypeStructs).
+    """
+    shapes = {
+      k: (tuple(v.shape), jnp.dtype(v.dtype))
+      for k, v in _model_inputs(module, example_batch).items()
+    }
+    shardings = self.param_shardings(abstract_params(module, example_batch))
+
+    def init(rng):
+      inputs = {k: jnp.zeros(s, d) for k, (s, d) in shapes.items()}
+      return unbox(module.init(rng, **inputs)["params"])
+
+    return self.jit(init, out_shardings=shardings)(rng), shardings

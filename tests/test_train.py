@@ -16,8 +16,11 @@ import pytest
 
 import tests.copy_tasks  # noqa: F401  (registers test_copy)
 import train
+from models import checkpoint as model_checkpoint
+from models import convert
 from models.config import T5Config
-from trainer import checkpoints, optimizers
+from trainer import checkpoints, loop, optimizers
+from trainer import params as params_lib
 from trainer import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,11 +97,11 @@ def logged(model_dir, key="train/loss"):
 
 
 def final_params(model_dir):
-  ckpt = checkpoints.Checkpointer(os.path.join(model_dir, train.CHECKPOINTS))
+  ckpt = checkpoints.Checkpointer(os.path.join(model_dir, params_lib.CHECKPOINTS))
   shardings = jax.tree.map(
-    lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), train.convert.param_shapes(TINY)
+    lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), convert.param_shapes(TINY)
   )
-  step, params = ckpt.restore_params(train._abstract(TINY, shardings))
+  step, params = ckpt.restore_params(params_lib.abstract_params(TINY, shardings))
   ckpt.close()
   return step, jax.tree.map(np.asarray, params)
 
@@ -374,7 +377,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
   monkeypatch.setattr(state_lib, "make_train_step", poisoned)
   run = tmp_path / "run"
-  with pytest.raises(train.NonFiniteLossError, match="loss is nan at step 7"):
+  with pytest.raises(loop.NonFiniteLossError, match="loss is nan at step 7"):
     run_train(run, train_steps=20, checkpoint_period=5, log_period=10)
   assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [5]
 
@@ -398,17 +401,17 @@ def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
 def test_initial_checkpoint_from_hugging_face_and_xt5(tmp_path):
   params = jax.tree.map(
     lambda s: np.random.default_rng(0).normal(size=s.shape).astype(np.float32),
-    train.convert.param_shapes(TINY),
+    convert.param_shapes(TINY),
   )
-  train.convert.save_hf(params, TINY, str(tmp_path / "hf"))
-  train.model_checkpoint.save_checkpoint(str(tmp_path / "xt5"), TINY, params)
+  convert.save_hf(params, TINY, str(tmp_path / "hf"))
+  model_checkpoint.save_checkpoint(str(tmp_path / "xt5"), TINY, params)
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shardings = jax.tree.map(lambda _: sharding, params)
   for path in ("hf", "xt5"):
-    loaded = train.load_params(str(tmp_path / path), TINY, shardings)
+    loaded = params_lib.load_params(str(tmp_path / path), TINY, shardings)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), params)
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    train.load_params(str(tmp_path / "nope"), TINY, shardings)
+    params_lib.load_params(str(tmp_path / "nope"), TINY, shardings)
 
 
 def _free_port():

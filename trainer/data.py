@@ -23,9 +23,20 @@ import seqio
 from jax.experimental import multihost_utils
 
 import tasks
-from trainer import infer
 
 log = logging.getLogger(__name__)
+
+
+def drop_known_seqio_notes(record: logging.LogRecord) -> bool:
+  """seqio warns on every packed dataset that `*_pretokenized` strings are dropped, and that
+  evaluation lengths *may* truncate; neither tells a user anything."""
+  text = record.getMessage()
+  return not text.startswith(
+    (
+      "Features not in `features_length` will be removed",
+      "Given sequence lengths *may be* insufficient",
+    )
+  )
 
 
 def shard_info() -> seqio.ShardInfo | None:
@@ -132,6 +143,18 @@ def to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def pad_batch(features: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+  """`features` with zero rows appended up to `batch_size` rows."""
+  out = {}
+  for name, x in features.items():
+    x = np.asarray(x)
+    if len(x) > batch_size:
+      raise ValueError(f"feature {name!r} has {len(x)} rows, more than the batch size {batch_size}")
+    pad = np.zeros((batch_size - len(x), *x.shape[1:]), x.dtype)
+    out[name] = np.concatenate([x, pad]) if len(pad) else x
+  return out
+
+
 def eval_batches(
   name: str,
   split: str,
@@ -157,4 +180,4 @@ def eval_batches(
   for i, batch in enumerate(tasks.as_numpy(ds, f"{name}/{split}")):
     if max_batches is not None and i >= max_batches:
       return
-    yield infer.pad_batch(batch, batch_size)
+    yield pad_batch(batch, batch_size)

@@ -11,8 +11,11 @@ callables of `trainer.infer` (fixed-size numpy batches, the last one padded with
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import numbers
+import os
 from collections.abc import Mapping
 
 import jax
@@ -22,10 +25,12 @@ import tensorflow as tf
 import tqdm
 
 from tasks import registry
-from trainer import infer
+from trainer import data, infer
+from trainer import mesh as mesh_lib
+from trainer import metrics as metrics_lib
+from trainer import predict as predict_lib
+from trainer import state as state_lib
 from trainer.infer import PredictFn, ScoreFn
-
-__all__ = ["InferenceEvaluator", "PredictFn", "ScoreFn", "flatten_metrics"]
 
 _OutputType = seqio.metrics.ModelOutputType
 
@@ -162,3 +167,198 @@ class InferenceEvaluator:
       score_fn=seqio_score if score_fn is not None else None,
     )
     return flatten_metrics(future.result())
+
+
+# ----------------------------------------------------------------------------------------------
+# What train, evaluate and the interactive model report
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """When and how much a training run evaluates (T5X's eval period and batch counts)."""
+
+  period: int | None = 1000  # steps between evaluations; None: never
+  split: str = "validation"
+  batches: int | None = 20  # teacher-forced batches per task; None: the whole split
+  infer_examples: int | None = None  # decoded examples per task with metrics; None: all
+  infer_batch_size: int | None = None  # None: the training batch size
+
+
+def eval_tasks(name: str, split: str, with_metrics: bool = False) -> list[str]:
+  """The tasks of `name` (a task or mixture) that have `split` (and, optionally, metrics)."""
+  return [
+    t.name
+    for t in seqio.get_subtasks(registry.get(name))
+    if split in t.splits and (has_metrics(t) or not with_metrics)
+  ]
+
+
+def teacher_forced_eval(
+  eval_fn,
+  params,
+  name: str,
+  split: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  batch_sharding,
+  *,
+  converter: str = "encoder_decoder",
+  pack: bool = True,
+  max_batches: int | None = None,
+) -> dict[str, float]:
+  """Loss and accuracy per task of `name` on `split`: {"<task>/loss": ..., ...}."""
+  out = {}
+  for task in eval_tasks(name, split):
+    total = None
+    for batch in data.eval_batches(
+      task, split, task_feature_lengths, batch_size, converter, pack, max_batches
+    ):
+      sums = eval_fn(params, data.replicated_batch(batch, batch_sharding))
+      sums = {k: float(data.to_host(v)) for k, v in sums.items()}
+      total = sums if total is None else {k: total[k] + sums[k] for k in total}
+    if total:
+      m = state_lib.metrics_from_sums(total)
+      out.update({f"{task}/{k}": float(m[k]) for k in ("loss", "accuracy")})
+  return out
+
+
+def make_inference_evaluator(
+  mixture_or_task_name: str,
+  split: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  *,
+  converter: str = "encoder_decoder",
+  log_dir: str | None = None,
+  max_examples: int | None = None,
+  seed: int = 0,
+) -> InferenceEvaluator | None:
+  """A seqio-backed evaluator of `name`'s tasks with metrics, or None when there are none
+  (or the model is decoder-only, which inference evaluation does not support yet)."""
+  if converter != "encoder_decoder" or not eval_tasks(mixture_or_task_name, split, True):
+    return None
+  return InferenceEvaluator(
+    mixture_or_task_name,
+    split,
+    task_feature_lengths,
+    batch_size,
+    log_dir=log_dir,
+    max_examples=max_examples,
+    seed=seed,
+  )
+
+
+def evaluate_params(
+  module,
+  params,
+  placement,
+  eval_fn,
+  evaluator: InferenceEvaluator | None,
+  *,
+  mixture_or_task_name: str,
+  split: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  converter: str = "encoder_decoder",
+  pack: bool = True,
+  eval_batches: int | None = None,
+  decode: predict_lib.DecodeConfig = predict_lib.DecodeConfig(),
+  seed: int = 0,
+  step: int = 0,
+) -> dict[str, float]:
+  """Teacher-forced loss/accuracy per task, plus the evaluator's inference metrics (BLEU,
+  ...) when there is one: what train, evaluate and the interactive model report."""
+  results = teacher_forced_eval(
+    eval_fn,
+    params,
+    mixture_or_task_name,
+    split,
+    task_feature_lengths,
+    batch_size,
+    placement.batch_sharding,
+    converter=converter,
+    pack=pack,
+    max_batches=eval_batches,
+  )
+  if evaluator is not None:
+    predict = predict_lib.make_predict_fn(
+      module,
+      params,
+      placement,
+      max_decode_length=task_feature_lengths["targets"],
+      decode=decode,
+      seed=seed,
+    )
+    score = predict_lib.make_score_fn(module, params, placement)
+    results.update(evaluator.evaluate(step, predict, score))
+  return results
+
+
+def evaluate_checkpoint(
+  *,
+  checkpoint_path: str,
+  model_config,
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  output_dir: str,
+  split: str = "validation",
+  converter: str = "encoder_decoder",
+  pack: bool = True,
+  eval_batches: int | None = None,
+  infer_eval_examples: int | None = None,
+  decode: predict_lib.DecodeConfig = predict_lib.DecodeConfig(),
+  mesh_shape=None,
+  partitioning_rules="data_parallel",
+  seed: int = 0,
+) -> dict[str, float]:
+  """Teacher-forced and inference metrics of a checkpoint; written to
+  OUTPUT_DIR/eval_metrics.json and TensorBoard."""
+  mesh_lib.check_positive(
+    batch_size=batch_size, eval_batches=eval_batches, infer_eval_examples=infer_eval_examples
+  )
+  mesh_lib.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
+  mesh_lib.check_vocabulary(mixture_or_task_name, model_config)
+  placement, module, params, batch_size = mesh_lib.load_model(
+    checkpoint_path,
+    model_config,
+    mesh_shape,
+    partitioning_rules,
+    converter=converter,
+    pack=pack,
+    task_feature_lengths=task_feature_lengths,
+    batch_size=batch_size,
+  )
+  eval_fn = placement.jit(state_lib.make_eval_step(module))
+  evaluator = make_inference_evaluator(
+    mixture_or_task_name,
+    split,
+    task_feature_lengths,
+    batch_size,
+    converter=converter,
+    log_dir=output_dir,
+    max_examples=infer_eval_examples,
+    seed=seed,
+  )
+  results = evaluate_params(
+    module,
+    params,
+    placement,
+    eval_fn,
+    evaluator,
+    mixture_or_task_name=mixture_or_task_name,
+    split=split,
+    task_feature_lengths=task_feature_lengths,
+    batch_size=batch_size,
+    converter=converter,
+    pack=pack,
+    eval_batches=eval_batches,
+    decode=decode,
+    seed=seed,
+  )
+  with metrics_lib.MetricsLogger(output_dir, total_steps=0, show_progress=False) as logger:
+    logger.write(0, results, prefix="eval")
+  if jax.process_index() == 0:
+    with open(os.path.join(output_dir, "eval_metrics.json"), "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+  return results

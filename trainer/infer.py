@@ -28,6 +28,7 @@ import seqio
 import tqdm
 
 from tasks import registry
+from trainer import data
 
 logger = logging.getLogger(__name__)
 
@@ -85,23 +86,11 @@ def encode_features(
   return features
 
 
-def pad_batch(features: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-  """`features` with zero rows appended up to `batch_size` rows."""
-  out = {}
-  for name, x in features.items():
-    x = np.asarray(x)
-    if len(x) > batch_size:
-      raise ValueError(f"feature {name!r} has {len(x)} rows, more than the batch size {batch_size}")
-    pad = np.zeros((batch_size - len(x), *x.shape[1:]), x.dtype)
-    out[name] = np.concatenate([x, pad]) if len(pad) else x
-  return out
-
-
 def run_predict(
   predict_fn: PredictFn, features: Mapping[str, np.ndarray], num_real: int, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
   """predict_fn on a batch padded to `batch_size`; the outputs of the first `num_real` rows."""
-  result = predict_fn(pad_batch(features, batch_size))
+  result = predict_fn(data.pad_batch(features, batch_size))
   if not (isinstance(result, tuple) and len(result) == 2):
     raise TypeError(
       f"predict_fn must return (tokens [B, L], scores [B]), got {type(result).__name__}"
@@ -119,7 +108,7 @@ def run_score(
   score_fn: ScoreFn, features: Mapping[str, np.ndarray], num_real: int, batch_size: int
 ) -> np.ndarray:
   """score_fn on a batch padded to `batch_size`; the scores of the first `num_real` rows."""
-  scores_B = np.asarray(score_fn(pad_batch(features, batch_size)))
+  scores_B = np.asarray(score_fn(data.pad_batch(features, batch_size)))
   if scores_B.shape != (batch_size,):
     raise ValueError(f"score_fn must return scores [{batch_size}], got shape {scores_B.shape}")
   return scores_B[:num_real].astype(np.float32)

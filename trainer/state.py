@@ -12,6 +12,7 @@ per-microbatch means (which would weight short microbatches up).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,13 +20,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from models import losses, partitioning
 from models.network import Transformer
 
 TrainState = dict  # {"step": int32 [], "params": pytree, "opt_state": optax state}
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The loss the step minimises (T5X's defaults): z-loss, label smoothing, normalisation."""
+
+  z_loss: float = 1e-4
+  label_smoothing: float = 0.0
+  # a number (T5X's fixed factor), 'per_token', 'per_sequence' or 'sum' (models.losses)
+  loss_normalizing_factor: losses.LossNormalizingFactor = losses.NORMALIZE_PER_TOKEN
+
 
 # Sums a step returns so metrics of several microbatches / eval batches add up exactly.
 _SUMS = ("loss_sum", "z_loss_sum", "correct", "num_target_tokens", "num_sequences")
@@ -35,14 +45,13 @@ def state_shardings(
   module: Transformer,
   tx: optax.GradientTransformation,
   example_batch: Mapping[str, Any],
-  mesh,
-  rules,
+  placement: partitioning.Placement,
 ) -> TrainState:
   """NamedSharding tree of the train state."""
   boxed = partitioning.abstract_params(module, example_batch)
-  params = partitioning.param_shardings(boxed, mesh, rules)
+  params = placement.param_shardings(boxed)
   opt_state = partitioning.opt_state_shardings(tx, boxed, params)
-  return {"step": NamedSharding(mesh, P()), "params": params, "opt_state": opt_state}
+  return {"step": placement.replicated, "params": params, "opt_state": opt_state}
 
 
 def abstract_state(
@@ -68,15 +77,14 @@ def init_state(
   tx: optax.GradientTransformation,
   rng,
   example_batch: Mapping[str, Any],
-  mesh,
-  rules,
+  placement: partitioning.Placement,
   shardings: TrainState,
   params=None,
 ) -> TrainState:
   """A fresh state at step 0, initialised straight into its shardings; `params` (already
   placed, e.g. from an initial checkpoint) replace the random init."""
   if params is None:
-    params, _ = partitioning.init_sharded(module, rng, example_batch, mesh, rules)
+    params, _ = placement.init_params(module, rng, example_batch)
   opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
   step = jax.device_put(jnp.zeros((), jnp.int32), shardings["step"])
   return {"step": step, "params": params, "opt_state": opt_state}
@@ -113,7 +121,7 @@ def _sums(module, params, batch, dropout_rng, z_loss, label_smoothing):
   sums = {
     "loss_sum": loss,
     "z_loss_sum": m["z_loss"],
-    "correct": m["accuracy"] * jnp.maximum(m["num_target_tokens"], 1e-8),
+    "correct": m["num_correct"],
     "num_target_tokens": m["num_target_tokens"],
     "num_sequences": m["num_sequences"],
   }
@@ -159,7 +167,7 @@ def make_train_step(
   loss_normalizing_factor: losses.LossNormalizingFactor = "per_token",
   dropout: bool = False,
 ):
-  """`step(state, batch, rng) -> (state, metrics)`, pure (wrap it in partitioning.jit).
+  """`step(state, batch, rng) -> (state, metrics)`, pure (wrap it in Placement.jit).
 
   metrics: loss, z_loss, cross_ent_loss, accuracy (per target token over the whole batch),
   num_target_tokens, num_sequences, learning_rate, grad_norm, param_norm.

@@ -85,7 +85,7 @@ def abstract(model, batch):
 @pytest.fixture(scope="module")
 def fsdp_init(model, batch):
   mesh = pt.make_mesh(data=8)
-  params, shardings = pt.init_sharded(model, jax.random.key(0), batch, mesh, "fsdp")
+  params, shardings = pt.Placement(mesh, "fsdp").init_params(model, jax.random.key(0), batch)
   return mesh, params, shardings
 
 
@@ -168,7 +168,7 @@ def test_activation_batch_keeps_data_axis(name):
     rules = pt.logical_axis_rules(name, mesh)
     assert nn.logical_to_mesh_axes(("batch", "length", "embed"), rules) == P(batch_axes, None, None)
     assert nn.logical_to_mesh_axes(("batch", "length", "mlp"), rules)[0] == batch_axes
-    assert pt.batch_sharding(mesh, name).spec == P(batch_axes, None)
+    assert pt.Placement(mesh, name).batch_sharding.spec == P(batch_axes, None)
   # The trap this order avoids: 'embed' listed before 'batch' shards D and replicates B.
   bad = (("embed", "data"), ("batch", "data"))
   assert nn.logical_to_mesh_axes(("batch", "length", "embed"), bad) == P(None, None, "data")
@@ -185,14 +185,16 @@ def test_shape_aware_alternatives_and_layers_rule():
     "n": jnp.zeros(3),
   }
   # FSDP: 'embed' (90) does not divide 4, so the 'mlp' alternative takes 'data'.
-  assert pt.logical_specs(tree, mesh, "fsdp") == {
+  assert pt.Placement(mesh, "fsdp").logical_specs(tree) == {
     "a": P(None, "data"),
     "h": P(None, None),
     "n": P(),
   }
   # tensor: 6 heads split over model=2, but not over model=4, where they stay replicated.
-  assert pt.logical_specs(tree, mesh, "tensor")["h"] == P("model", None)
-  assert pt.logical_specs(tree, pt.make_mesh(data=2, model=4), "tensor")["h"] == P(None, None)
+  assert pt.Placement(mesh, "tensor").logical_specs(tree)["h"] == P("model", None)
+  assert pt.Placement(pt.make_mesh(data=2, model=4), "tensor").logical_specs(tree)["h"] == P(
+    None, None
+  )
   with pytest.raises(ValueError, match="layers"):
     pt.logical_axis_rules((("batch", "data"), ("layers", "data")))
   with pytest.raises(ValueError, match="unknown partitioning rules"):
@@ -200,7 +202,7 @@ def test_shape_aware_alternatives_and_layers_rule():
 
 
 def test_tensor_rules_split_attention_and_mlp_over_model(abstract):
-  s = specs(pt.param_shardings(abstract, pt.make_mesh(data=4, model=2), "tensor"))
+  s = specs(pt.Placement(pt.make_mesh(data=4, model=2), "tensor").param_shardings(abstract))
   for stack, attn in (
     ("encoder", "attention"),
     ("decoder", "self_attention"),
@@ -223,9 +225,9 @@ def test_jit_bakes_rules_into_each_function():
   f = lambda x: nn.with_logical_constraint(x * 2, ("batch", "embed"))
   x = jnp.ones((8, 8))
   sharded = lambda y, spec: y.sharding.is_equivalent_to(NamedSharding(mesh, spec), y.ndim)
-  assert sharded(pt.jit(f, mesh, "fsdp")(x), P("data", None))
-  assert sharded(pt.jit(f, mesh, (("batch", "model"),))(x), P("model", None))
-  with pt.mesh_and_rules(mesh, "fsdp"):
+  assert sharded(pt.Placement(mesh, "fsdp").jit(f)(x), P("data", None))
+  assert sharded(pt.Placement(mesh, (("batch", "model"),)).jit(f)(x), P("model", None))
+  with pt.Placement(mesh, "fsdp").context():
     assert "sharding_constraint" in jax.jit(f).lower(x).as_text()
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -260,7 +262,7 @@ def test_adafactor_factored_state_specs(abstract):
     (pt.make_mesh(data=8), "fsdp", ("data", None), (None, "data")),
     (pt.make_mesh(data=4, model=2), "2d", ("data", "model"), ("model", "data")),
   ):
-    psh = pt.param_shardings(abstract, mesh, name)
+    psh = pt.Placement(mesh, name).param_shardings(abstract)
     osh = pt.opt_state_shardings(tx, abstract, psh)
     fs = osh[0]
     assert isinstance(fs, optax.FactoredState)
@@ -307,15 +309,13 @@ def test_sharded_train_step_matches_single_device(
 ):
   mesh = pt.make_mesh(**shape)
   tx = adafactor()
-  psh = pt.param_shardings(abstract, mesh, rules)
+  psh = pt.Placement(mesh, rules).param_shardings(abstract)
   osh = pt.opt_state_shardings(tx, abstract, psh)
-  bsh = pt.batch_sharding(mesh, rules)
+  bsh = pt.Placement(mesh, rules).batch_sharding
   params = jax.device_put(host_params, psh)
   opt_state = jax.jit(tx.init, out_shardings=osh)(params)
-  step = pt.jit(
+  step = pt.Placement(mesh, rules).jit(
     make_train_step(model, tx),
-    mesh,
-    rules,
     in_shardings=(psh, osh, bsh),
     out_shardings=(NamedSharding(mesh, P()), psh, psh, osh),
   )
@@ -367,8 +367,8 @@ def test_scan_layers_match_unrolled_under_2d_mesh(model, abstract, host_params, 
   # 'layers' is never sharded, under any rule set or mesh; the rest matches the unrolled spec.
   for name, shape in CASES:
     mesh = pt.make_mesh(**shape)
-    scan_specs = pt.logical_specs(scan_abstract, mesh, name)
-    unrolled = pt.logical_specs(abstract, mesh, name)
+    scan_specs = pt.Placement(mesh, name).logical_specs(scan_abstract)
+    unrolled = pt.Placement(mesh, name).logical_specs(abstract)
     for stack in ("encoder", "decoder"):
       flat = jax.tree.leaves(scan_specs[stack]["layers"], is_leaf=lambda x: isinstance(x, P))
       assert flat and all(s[0] is None for s in flat)
@@ -377,12 +377,12 @@ def test_scan_layers_match_unrolled_under_2d_mesh(model, abstract, host_params, 
 
   mesh, rules = pt.make_mesh(data=4, model=2), "2d"
   inputs = {k: v for k, v in batch.items() if k != "decoder_loss_weights"}
-  bsh = pt.batch_sharding(mesh, rules)
+  bsh = pt.Placement(mesh, rules).batch_sharding
   logits = {}
   for m, ab, p in ((model, abstract, host_params), (scan_model, scan_abstract, scan_params)):
-    psh = pt.param_shardings(ab, mesh, rules)
-    fwd = pt.jit(
-      lambda p, x, m=m: m.apply({"params": p}, **x), mesh, rules, in_shardings=(psh, bsh)
+    psh = pt.Placement(mesh, rules).param_shardings(ab)
+    fwd = pt.Placement(mesh, rules).jit(
+      lambda p, x, m=m: m.apply({"params": p}, **x), in_shardings=(psh, bsh)
     )
     logits[m.config.scan_layers] = jax.device_get(fwd(jax.device_put(p, psh), inputs))
   assert logits[True].shape == (B, L, CFG.vocab_size)

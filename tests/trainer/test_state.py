@@ -34,19 +34,17 @@ def _batch(B=8, L=6, seed=0):
 
 
 def _run(accumulation_steps, rules="data_parallel", steps=2, initial=None):
-  mesh = partitioning.make_mesh()
+  placement = partitioning.Placement(partitioning.make_mesh(), rules)
   module = Transformer(CFG)
   lr = optimizers.constant(0.1)
   tx = optimizers.make_optimizer("sgd", lr)
   batch = _batch()
-  shardings = state_lib.state_shardings(module, tx, batch, mesh, rules)
-  state = state_lib.init_state(module, tx, jax.random.key(0), batch, mesh, rules, shardings)
+  shardings = state_lib.state_shardings(module, tx, batch, placement)
+  state = state_lib.init_state(module, tx, jax.random.key(0), batch, placement, shardings)
   if initial is not None:
     initial.update(params=jax.tree.map(np.asarray, state["params"]), module=module)
-  step = partitioning.jit(
+  step = placement.jit(
     state_lib.make_train_step(module, tx, lr, accumulation_steps=accumulation_steps),
-    mesh,
-    rules,
     in_shardings=(shardings, None, None),
     out_shardings=(shardings, None),
   )

@@ -1,0 +1,172 @@
+"""The model side of inference: numpy batches in, decoded tokens or target scores out, on a mesh.
+
+`make_predict_fn` and `make_score_fn` close over a module, its params and a placement, and give
+the plain callables that `trainer.infer` (JSONL output) and `trainer.evaluation` (seqio metrics)
+consume, so neither of those knows about meshes or decoding options. `infer_checkpoint` is the
+whole infer job: a checkpoint's params on a mesh, decoding or scoring into JSONL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Mapping
+
+import jax
+
+from models import decoding, partitioning
+from models.network import Transformer
+from trainer import data
+from trainer import infer as infer_lib
+from trainer import mesh as mesh_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """How predictions are decoded: T5X's defaults (greedy; beam 4 with length penalty 0.6)."""
+
+  method: str = "greedy"  # 'greedy', 'beam' or 'sample'
+  num_beams: int = 4
+  alpha: float = 0.6  # beam search length penalty ((5 + len) / 6) ** alpha
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+
+def make_predict_fn(
+  module: Transformer,
+  params,
+  placement: partitioning.Placement,
+  *,
+  max_decode_length: int,
+  decode: DecodeConfig = DecodeConfig(),
+  seed: int = 0,
+) -> Callable:
+  """numpy batch -> (tokens [B, L], scores [B]) with the model's decoding, on the mesh.
+  Sampling draws a new key per call, from `seed`."""
+  key, calls = jax.random.key(seed), itertools.count()
+
+  def predict(batch):
+    features = data.replicated_batch(
+      {"encoder_input_tokens": batch["encoder_input_tokens"]}, placement.batch_sharding
+    )
+    with placement.context():
+      tokens, scores = decoding.decode(
+        module,
+        params,
+        features,
+        method=decode.method,
+        max_decode_length=max_decode_length,
+        num_beams=decode.num_beams,
+        alpha=decode.alpha,
+        temperature=decode.temperature,
+        top_k=decode.top_k,
+        top_p=decode.top_p,
+        rng=jax.random.fold_in(key, next(calls)),
+      )
+    return data.to_host(tokens), data.to_host(scores)
+
+  return predict
+
+
+def make_score_fn(module: Transformer, params, placement: partitioning.Placement) -> Callable:
+  """numpy batch with decoder features -> [B] summed log-likelihood of the targets."""
+  keys = (
+    "encoder_input_tokens",
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+  )
+
+  def score(batch):
+    features = data.replicated_batch(
+      {k: batch[k] for k in keys if k in batch}, placement.batch_sharding
+    )
+    with placement.context():
+      return data.to_host(decoding.score_sequences(module, params, features))
+
+  return score
+
+
+def infer_checkpoint(
+  *,
+  checkpoint_path: str,
+  model_config,
+  output_file: str,
+  batch_size: int,
+  task_feature_lengths: Mapping[str, int],
+  mixture_or_task_name: str | None = None,
+  split: str = "validation",
+  input_file: str | None = None,
+  vocabulary=None,
+  mode: str = "predict",
+  max_examples: int | None = None,
+  decode: DecodeConfig = DecodeConfig(),
+  mesh_shape=None,
+  partitioning_rules="data_parallel",
+  seed: int = 0,
+) -> int:
+  """Decodes (mode 'predict') or scores (mode 'score') a task split, or a text file, into
+  JSONL; resumes a partly written OUTPUT_FILE. Returns the number of lines written.
+
+  A text file is tokenized with `vocabulary`, else with MIXTURE_OR_TASK_NAME's vocabulary."""
+  if input_file is None and mixture_or_task_name is None:
+    raise mesh_lib.ConfigError(
+      "infer needs MIXTURE_OR_TASK_NAME (decode a task split) or INPUT_FILE "
+      "(decode a text file, one input per line)"
+    )
+  mesh_lib.check_positive(batch_size=batch_size, max_examples=max_examples)
+  if mixture_or_task_name is not None:
+    import tasks
+
+    mesh_lib.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
+    mesh_lib.check_vocabulary(mixture_or_task_name, model_config)
+    vocabulary = vocabulary or tasks.get(mixture_or_task_name).output_features["inputs"].vocabulary
+  if vocabulary is None:
+    raise mesh_lib.ConfigError(
+      "INPUT_FILE needs a vocabulary: set MIXTURE_OR_TASK_NAME to a task "
+      "with the model's vocabulary, or bind train_script.infer.vocabulary "
+      "(e.g. = @vocab.builtin_vocabulary())"
+    )
+  placement, module, params, batch_size = mesh_lib.load_model(
+    checkpoint_path,
+    model_config,
+    mesh_shape,
+    partitioning_rules,
+    converter="encoder_decoder",
+    pack=False,
+    task_feature_lengths=task_feature_lengths,
+    batch_size=batch_size,
+  )
+  predict = make_predict_fn(
+    module,
+    params,
+    placement,
+    max_decode_length=task_feature_lengths["targets"],
+    decode=decode,
+    seed=seed,
+  )
+  score = make_score_fn(module, params, placement)
+  if input_file is not None:
+    return infer_lib.infer_file(
+      input_file,
+      output_file,
+      vocabulary,
+      task_feature_lengths["inputs"],
+      batch_size,
+      predict,
+      score_fn=score,
+      mode=mode,
+      targets_length=task_feature_lengths["targets"],
+    )
+  return infer_lib.infer_task(
+    mixture_or_task_name,
+    split,
+    task_feature_lengths,
+    batch_size,
+    predict,
+    output_file,
+    score_fn=score,
+    mode=mode,
+    max_examples=max_examples,
+  )
