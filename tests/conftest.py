@@ -25,7 +25,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def builtin_data():
   """The built-in corpora and vocabulary (a no-op after `make test`'s prepare step)."""
-  from tasks import corpora, vocab  # noqa: PLC0415 (imports TensorFlow)
+  from tasks import corpora  # noqa: PLC0415 (imports TensorFlow)
+  from tasks.vocab import training  # noqa: PLC0415
 
   corpora.prepare(progress=False)
-  vocab.prepare_builtin(progress=False)
+  training.prepare_builtin(progress=False)
