@@ -11,7 +11,7 @@ import pytest
 from models import runtime  # imports no jax
 
 # The entry points' XLA flags and PJRT_NPROC (jax 0.10.2 on a 2-core CPU can deadlock in
-# collectives across 8 devices without it, DESIGN §6), so tests run what users run; plus 8 fake
+# collectives across 8 devices without it), so tests run what users run; plus 8 fake
 # CPU devices so mesh / sharding tests run without accelerators.
 runtime.configure(extra_xla_flags=("--xla_force_host_platform_device_count=8",))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

