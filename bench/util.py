@@ -45,11 +45,11 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 3) -
 class PeerProcess:
   """The peer (HF PyTorch) in a child process of the same script.
 
-  PyTorch's OpenMP workers and allocator slow XLA by ~25% when both live in one process
-  (measured on the T5.1.1-small train step), and nobody trains that way, so each side gets a
-  process of its own. The child builds its callables with `factory(*args)` ("module:function"
-  returning {name: callable}); `peer[name]` is a blocking call that runs one of them there, so
-  peer calls interleave with local ones in `time_interleaved`.
+  PyTorch's OpenMP workers and allocator slow XLA when both live in one process (README,
+  Benchmarks), and nobody trains that way, so each side gets a process of its own. The child builds
+  its callables with `factory(*args)` ("module:function" returning {name: callable}); `peer[name]`
+  is a blocking call that runs one of them there, so peer calls interleave with local ones in
+  `time_interleaved`.
   """
 
   def __init__(self, factory: str, *args):

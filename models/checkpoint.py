@@ -11,7 +11,7 @@ Layout of an xt5 checkpoint directory (what `models.convert` writes, `save_check
 naming each missing/unexpected/wrongly shaped tensor), converts between scanned and unrolled
 layer layouts when the checkpoint and `cfg.scan_layers` differ, and restores straight onto
 `shardings` when given (orbax needs the target shardings to restore onto a different device
-count; DESIGN §6).
+count; docs/design.md, Known traps).
 """
 
 from __future__ import annotations

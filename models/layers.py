@@ -1,8 +1,8 @@
 """Building blocks of the T5 family: dense, norm, attention, MLP, relative position bias.
 
 Every parameter is float32 and carries logical axis names; matmuls run in the config's activation
-dtype and accumulate in float32 (`preferred_element_type`). Shapes in names: B batch, T query
-length, S key length, D d_model, H heads, K head_dim, F d_ff, V vocab.
+dtype and accumulate in float32 (`preferred_element_type`). Array names end in their axes, by
+the one legend of docs/design.md (B batch, T query length, S key length, H heads, K head dim, ...).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def dot_product_attention(
 
   Why a custom VJP: autodiff gives the backward matmuls float32 cotangents (float32 speed in a
   bf16 model), and two of them, dV = Wᵀ·g and dK = dLᵀ·q, contract the query axis, which
-  XLA:CPU's fast dot (YNNPACK) cannot take as a left operand; they ran on Eigen at ~50 GFLOP/s.
+  XLA:CPU's fast dot (YNNPACK) cannot take as a left operand, so they fell to its slow Eigen dot.
   Here they multiply in `dtype` and contract the query axis through `_contract_queries`.
   """
   biases = (
@@ -119,26 +119,25 @@ def _dropped(w_BHTS, keep_BHTS, rate):
 def _contract_queries(a_BHTS, x_BTHK):
   """Σ_t a[b,h,t,s] · x[b,t,h,k] → [B, H, S, K], float32.
 
-  Written with the query axis split in two (t = 2p + t'): XLA canonicalises a dot over two
-  contracting axes by transposing both operands into [batch, M, K]·[batch, K, N], which
-  YNNPACK runs (~150 vs ~55 GFLOP/s in bf16 on [8, 6, 512, 512]); a single query axis stays
-  an Eigen dot, which also rejects bf16 operands with a float32 result. Odd lengths multiply
-  in float32 (exact for bf16 inputs).
+  Written with the query axis split in two halves G (t = T/2 · g + t'): XLA canonicalises a dot
+  over two contracting axes by transposing both operands into [batch, M, K]·[batch, K, N], which
+  YNNPACK runs; a single query axis stays a slower Eigen dot, which also rejects bf16 operands
+  with a float32 result. Odd lengths multiply in float32 (exact for bf16 inputs).
   """
   B, H, T, S = a_BHTS.shape
   K = x_BTHK.shape[-1]
   if T % 2:
     return jnp.einsum("bhts,bthk->bhsk", a_BHTS.astype(jnp.float32), x_BTHK.astype(jnp.float32))
   # the barrier keeps XLA's simplifier from folding the split back into one axis
-  a_BHPTS, x_BPTHK = jax.lax.optimization_barrier(
+  a_BHGTS, x_BGTHK = jax.lax.optimization_barrier(
     (a_BHTS.reshape(B, H, 2, T // 2, S), x_BTHK.reshape(B, 2, T // 2, H, K))
   )
-  return jnp.einsum("bhpts,bpthk->bhsk", a_BHPTS, x_BPTHK, preferred_element_type=jnp.float32)
+  return jnp.einsum("bhgts,bgthk->bhsk", a_BHGTS, x_BGTHK, preferred_element_type=jnp.float32)
 
 
 def _heads_to_length_major(x_BHTK):
   """[B, H, T, K] → [B, T, H, K] after the product: asked for directly ("…->bthk"), XLA computes
-  the transposed product, which YNNPACK declines (an Eigen float32 dot, ~40 vs ~130 GFLOP/s)."""
+  the transposed product, which YNNPACK declines (leaving a slower Eigen float32 dot)."""
   return jnp.swapaxes(x_BHTK, 1, 2)
 
 
@@ -146,8 +145,8 @@ def _sum_to_shape(x, shape):
   """Sums x's broadcast axes so it has `shape` (the gradient of a broadcast).
 
   A broadcast leading (batch) axis is summed by halving, x[:n/2] + x[n/2:] until one row is
-  left: as a reduction, XLA:CPU merged the position-bias gradients of all layers into one
-  YNNPACK reduce over that axis, ~0.7 s of a 5 s bf16 T5.1.1-small step.
+  left: as a reduction, XLA:CPU merged the position-bias gradients of all layers into one slow
+  YNNPACK reduce over that axis.
   """
   while shape[0] == 1 and x.shape[0] > 1:
     n = x.shape[0] // 2
@@ -289,18 +288,18 @@ def relative_position_bucket(
   return offset + table[jnp.minimum(n, max_distance)]
 
 
-def _toeplitz(v_HL, T: int, S: int):
-  """[H, T, S] with out[h, t, s] = v[h, s - t + T - 1], for v of length L = T + S - 1.
+def _toeplitz(v_HJ, T: int, S: int):
+  """[H, T, S] with out[h, t, s] = v[h, s - t + T - 1], for v of length J = T + S - 1.
 
-  Built by tiling v with period L + 1 and re-reading it in rows of L, so each row starts one
+  Built by tiling v with period J + 1 and re-reading it in rows of J, so each row starts one
   step further back. Its gradient is then a pad, reshape and sum over T, which XLA fuses into one
   pass; the gradient of a [T, S] gather is a scatter-add that XLA:CPU runs after a strided
   reorder of the whole [H, T, S] gradient.
   """
-  H, L = v_HL.shape
-  tiled = jnp.tile(jnp.pad(v_HL, ((0, 0), (0, 1))), (1, T))  # [H, T * (L + 1)]
-  # row t, column j holds v[(j - t) mod (L + 1)]; columns T - 1 + s never wrap
-  return tiled[:, : T * L].reshape(H, T, L)[:, :, T - 1 :]
+  H, J = v_HJ.shape
+  tiled = jnp.tile(jnp.pad(v_HJ, ((0, 0), (0, 1))), (1, T))  # [H, T * (J + 1)]
+  # row t, column j holds v[(j - t) mod (J + 1)]; columns T - 1 + s never wrap
+  return tiled[:, : T * J].reshape(H, T, J)[:, :, T - 1 :]
 
 
 class RelativePositionBias(nn.Module):
@@ -323,11 +322,11 @@ class RelativePositionBias(nn.Module):
     )
     T, S = query_length, key_length
     # the bias depends only on key - query, so gather one value per distance: -(T-1)..S-1
-    distances_L = jnp.arange(T + S - 1) - (T - 1) - query_offset
-    buckets_L = relative_position_bucket(
-      distances_L, self.bidirectional, self.num_buckets, self.max_distance
+    distances_J = jnp.arange(T + S - 1) - (T - 1) - query_offset
+    buckets_J = relative_position_bucket(
+      distances_J, self.bidirectional, self.num_buckets, self.max_distance
     )
-    return _toeplitz(jnp.take(rel_embedding, buckets_L, axis=1), T, S)[None]
+    return _toeplitz(jnp.take(rel_embedding, buckets_J, axis=1), T, S)[None]
 
 
 # ----------------------------------------------------------------------------------------------

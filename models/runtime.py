@@ -1,22 +1,16 @@
 """Process settings for entry points (benchmarks, train.py): call `configure()` before JAX
-runs its first computation (XLA reads these flags when its backend starts).
+runs its first computation (XLA reads these flags when its backend starts). On CPU, oneDNN's
+custom calls and the plain scheduler make the train step faster (README, Benchmarks).
 
-Measured on the 2-core CPU (python -m bench.train_step, T5.1.1-small step): oneDNN custom calls
-and the plain scheduler take a bf16 step from 5.5 s to 4.8 s and an fp32 step from 8.3 s to 6.8 s.
-
-`configure(reexec=True)`, which only a `__main__` may ask for, also restarts the process once
-under glibc malloc tunables (`MALLOC_TUNABLES`). XLA:CPU mallocs each step's temporaries afresh
-(2.4 GB for the T5.1.1-small step); by default glibc serves such a block with a new mmap and
-unmaps it on free, and the kernel faults it back in 4 KiB at a time on every step: ~850k page
-faults and ~2.5 s of system time per bf16 step, more when another process (the benchmarks' HF
-peer) has just churned memory. With the tunables, big blocks come from one brk heap that is
-never trimmed, in 2 MiB pages: after the first steps a step takes no page faults at all (~0.4 s
-of system time). The price: the resident set never shrinks from its peak (4.0-6.1 GB for that
-step, against 3.9-4.3 GB). tests/models/test_runtime.py checks the effect on a plain malloc.
-glibc reads tunables only at start-up, hence the restart; `XT5_NO_REEXEC=1` turns it off, and a
-notebook or pytest never restarts (export GLIBC_TUNABLES with `MALLOC_TUNABLES` joined by ':'
-before starting Jupyter for the same effect); a tunable already in GLIBC_TUNABLES keeps its
-value.
+`configure(reexec=True)`, which only a `__main__` may ask for, also restarts the process once under
+glibc malloc tunables (`MALLOC_TUNABLES`). XLA:CPU mallocs each step's temporaries afresh; by
+default glibc serves such a block with a new mmap and unmaps it on free, and the kernel faults it
+back in 4 KiB at a time on every step. With the tunables, big blocks come from one brk heap that is
+never trimmed, in 2 MiB pages, so a step takes no page faults; the price is a resident set that
+never shrinks from its peak. tests/models/test_runtime.py checks the effect on a plain malloc. glibc
+reads tunables only at start-up, hence the restart; `XT5_NO_REEXEC=1` turns it off, and a notebook
+or pytest never restarts (export GLIBC_TUNABLES with `MALLOC_TUNABLES` joined by ':' before starting
+Jupyter for the same effect); a tunable already in GLIBC_TUNABLES keeps its value.
 """
 
 from __future__ import annotations
@@ -40,7 +34,8 @@ MALLOC_TUNABLES = (
 
 def configure(environ=os.environ, extra_xla_flags=(), reexec: bool = False) -> None:
   """Appends xt5's XLA CPU flags and `extra_xla_flags` (each unless its name is already set)
-  and PJRT_NPROC (DESIGN §6); with `reexec`, first restarts under `MALLOC_TUNABLES` (above)."""
+  and PJRT_NPROC (docs/design.md, Known traps); with `reexec`, first restarts under
+  `MALLOC_TUNABLES` (above)."""
   if reexec and needs_malloc_reexec(environ):
     tunables = ":".join(filter(None, (environ.get("GLIBC_TUNABLES"), *_missing_tunables(environ))))
     sys.stdout.flush()

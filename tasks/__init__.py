@@ -8,7 +8,7 @@ batches in seqio's feature-converter format, which `models/` consumes.
 import tensorflow as tf
 
 # The input pipeline runs on the CPU; on a GPU machine TensorFlow would otherwise reserve the
-# memory JAX needs (DESIGN §6).
+# memory JAX needs (tensorflow-text pulls TensorFlow in; docs/design.md, Known traps).
 tf.config.set_visible_devices([], "GPU")
 
 from tasks import builtin, tfds_tasks  # noqa: E402

@@ -21,23 +21,10 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tasks import (
-  corpora,
-  language_sampling,
-  metrics,
-  preprocessors,
-  registry,
-  span_corruption,
-  vocab,
-)
+from tasks import corpora, language_sampling, metrics, parts, registry, span_corruption, vocab
 
 # The quickstart's translation pairs; each gets the same share as the whole span-corruption mix.
 MULTITASK_TARGETS = ("de", "fr", "es")
-BYT5_MEAN_NOISE_SPAN = 20.0
-
-
-def task_suffix(tag: str) -> str:
-  return tag.replace("-", "_")
 
 
 class BuiltinTfdsSource(seqio.TfdsDataSource):
@@ -146,34 +133,6 @@ class SampledMonolingualSource(seqio.DataSource):
     return documents
 
 
-def output_features(vocabulary: seqio.Vocabulary, inputs: bool = True) -> dict[str, seqio.Feature]:
-  features = {"targets": seqio.Feature(vocabulary, add_eos=True)}
-  if inputs:
-    features["inputs"] = seqio.Feature(vocabulary, add_eos=True, required=False)
-  return features
-
-
-def unsupervised_preprocessors(objective, cacheable: bool = True) -> list:
-  """Raw documents -> cleaned `targets` text -> tokens -> (cache point) -> objective -> EOS."""
-  cache = [seqio.CacheDatasetPlaceholder()] if cacheable else []
-  return [
-    preprocessors.clean_documents,
-    seqio.preprocessors.tokenize,
-    *cache,
-    objective,
-    seqio.preprocessors.append_eos_after_trim,
-  ]
-
-
-def translation_preprocessors(source: str, target: str) -> list:
-  return [
-    functools.partial(preprocessors.translate, source_language=source, target_language=target),
-    seqio.preprocessors.tokenize,
-    seqio.CacheDatasetPlaceholder(),
-    seqio.preprocessors.append_eos_after_trim,
-  ]
-
-
 def monolingual_source(tag: str) -> BuiltinTfdsSource:
   return BuiltinTfdsSource(
     f"{corpora.MONOLINGUAL}:1.0.0",
@@ -195,16 +154,19 @@ def _add(name: str, source, preps, features, metric_fns=()) -> None:
 
 def _objectives() -> dict[str, tuple[dict[str, seqio.Feature], object]]:
   """Task-name prefix -> (output features, unsupervised objective)."""
-  subword = output_features(vocab.builtin_vocabulary())
+  subword = parts.output_features(vocab.builtin_vocabulary())
   return {
     "mono": (subword, span_corruption.span_corruption),
     "byt5_mono": (
-      output_features(vocab.byte_vocabulary()),
+      parts.output_features(vocab.byte_vocabulary()),
       functools.partial(
-        span_corruption.span_corruption, mean_noise_span_length=BYT5_MEAN_NOISE_SPAN
+        span_corruption.span_corruption, mean_noise_span_length=span_corruption.BYT5_MEAN_NOISE_SPAN
       ),
     ),
-    "mono_lm": (output_features(vocab.builtin_vocabulary(), inputs=False), span_corruption.lm),
+    "mono_lm": (
+      parts.output_features(vocab.builtin_vocabulary(), inputs=False),
+      span_corruption.lm,
+    ),
     "mono_prefix_lm": (subword, span_corruption.prefix_lm),
   }
 
@@ -229,45 +191,45 @@ def add_sampled_monolingual_task(
   return seqio.TaskRegistry.add(
     name,
     source=SampledMonolingualSource(alpha, languages=languages),
-    preprocessors=unsupervised_preprocessors(preprocess, cacheable=False),
+    preprocessors=parts.unsupervised_preprocessors(preprocess, cacheable=False),
     output_features=features,
     metric_fns=[],
   )
 
 
 def register() -> None:
-  subword = output_features(vocab.builtin_vocabulary())
-  byte = output_features(vocab.byte_vocabulary())
+  subword = parts.output_features(vocab.builtin_vocabulary())
+  byte = parts.output_features(vocab.byte_vocabulary())
   for prefix, (features, objective) in _objectives().items():
     for tag in corpora.MONOLINGUAL_LANGUAGES:
       _add(
-        f"{prefix}.{task_suffix(tag)}",
+        f"{prefix}.{parts.task_suffix(tag)}",
         monolingual_source(tag),
-        unsupervised_preprocessors(objective),
+        parts.unsupervised_preprocessors(objective),
         features,
       )
     add_sampled_monolingual_task(prefix, prefix)
 
   for prefix, features in (("", subword), ("byt5_", byte)):
     for tag in corpora.GNOME_LOCALES:
-      x = task_suffix(tag)
+      x = parts.task_suffix(tag)
       _add(
         f"{prefix}translate_en_{x}",
         gnome_help_source(tag),
-        translation_preprocessors("en", tag),
+        parts.translation_preprocessors("en", tag),
         features,
         metrics.translation_metrics(tag),
       )
       _add(
         f"{prefix}translate_{x}_en",
         gnome_help_source(tag),
-        translation_preprocessors(tag, "en"),
+        parts.translation_preprocessors(tag, "en"),
         features,
         metrics.translation_metrics("en"),
       )
     seqio.MixtureRegistry.add(
       f"{prefix}translate_en_x",
-      [f"{prefix}translate_en_{task_suffix(t)}" for t in corpora.GNOME_LOCALES],
+      [f"{prefix}translate_en_{parts.task_suffix(t)}" for t in corpora.GNOME_LOCALES],
       default_rate=seqio.mixing_rate_num_examples,
     )
     span_mixture = "mono" if not prefix else "byt5_mono"

@@ -1,15 +1,14 @@
 """mT5's language sampling (p(l) ∝ n_l ** alpha) inside one tf.data pipeline.
 
-A seqio Mixture builds one preprocessing pipeline per task; over the ~480 languages of the
-built-in corpus that is ~0.5 s of graph tracing plus ~1 s to open each, i.e. minutes before the
-first batch. Here every language's documents come from one stream instead, and each document of
-language l is emitted c_l ∝ n_l ** alpha / m_l times in expectation (floor(c_l) copies plus one
-more with probability frac(c_l)), where n_l counts the language's documents (mT5's n) and m_l is
-its total size in the unit the model consumes (characters, for text; documents, if all are
-alike). Language l then makes up n_l ** alpha of the stream, in that unit — as in a seqio
-mixture, whose rates apply to the packed pieces it samples, which are tokens. The scale makes a
-pass emit as many documents as it reads, so small languages are repeated and large ones thinned
-rather than almost everything read being dropped; a shuffle buffer spreads the copies.
+A seqio Mixture builds one preprocessing pipeline per task, too slow to start over the ~480
+languages of the built-in corpus (README, Benchmarks). Here every language's documents come from one
+stream instead, and each document of language l is emitted c_l ∝ n_l ** alpha / m_l times in
+expectation (floor(c_l) copies plus one more with probability frac(c_l)), where n_l counts the
+language's documents (mT5's n) and m_l is its total size in the unit the model consumes (characters,
+for text; documents, if all are alike). Language l then makes up n_l ** alpha of the stream, in that
+unit — as in a seqio mixture, whose rates apply to the packed pieces it samples, which are tokens.
+The scale makes a pass emit as many documents as it reads, so small languages are repeated and large
+ones thinned rather than almost everything read being dropped; a shuffle buffer spreads the copies.
 
 Pieces are cut from the concatenated stream (T5 concatenates documents before splitting), so a
 piece may straddle two documents of different languages, which per-language mixture tasks avoid.

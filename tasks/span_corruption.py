@@ -26,6 +26,8 @@ import tensorflow as tf
 # T5's defaults: max chunk per document, documents concatenated per batch before splitting.
 MAX_CHUNK_TOKENS = 65536
 CONCAT_BATCH_SIZE = 128
+# ByT5's mean noise span, in bytes (the ByT5 paper; T5's is the 3 tokens of the default).
+BYT5_MEAN_NOISE_SPAN = 20.0
 
 
 def random_spans_helper(

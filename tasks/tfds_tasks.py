@@ -17,7 +17,7 @@ import functools
 import seqio
 from tensorflow_datasets.text import c4
 
-from tasks import builtin, metrics, registry, span_corruption, vocab
+from tasks import metrics, parts, registry, span_corruption, vocab
 
 MC4_TFDS = "c4/multilingual:3.1.0"
 MC4_LANGUAGES = tuple(c4.MC4_LANGUAGES)  # TFDS's own list of the 107 mC4 splits
@@ -39,20 +39,20 @@ def mc4_source(lang: str) -> seqio.TfdsDataSource:
 
 
 def register() -> None:
-  mt5 = builtin.output_features(vocab.mt5_vocabulary())
-  byte = builtin.output_features(vocab.byte_vocabulary())
+  mt5 = parts.output_features(vocab.mt5_vocabulary())
+  byte = parts.output_features(vocab.byte_vocabulary())
   for prefix, features, mean_span in (
     ("mc4", mt5, 3.0),
-    ("byt5_mc4", byte, builtin.BYT5_MEAN_NOISE_SPAN),
+    ("byt5_mc4", byte, span_corruption.BYT5_MEAN_NOISE_SPAN),
   ):
     objective = functools.partial(span_corruption.span_corruption, mean_noise_span_length=mean_span)
     names = []
     for lang in MC4_LANGUAGES:
-      names.append(f"{prefix}.{builtin.task_suffix(lang)}")
+      names.append(f"{prefix}.{parts.task_suffix(lang)}")
       seqio.TaskRegistry.add(
         names[-1],
         source=mc4_source(lang),
-        preprocessors=builtin.unsupervised_preprocessors(objective),
+        preprocessors=parts.unsupervised_preprocessors(objective),
         output_features=features,
         metric_fns=[],
       )
@@ -67,7 +67,7 @@ def register() -> None:
           seqio.TaskRegistry.add(
             f"{prefix}{dataset}_{src}_{tgt}",
             source=source,
-            preprocessors=builtin.translation_preprocessors(src, tgt),
+            preprocessors=parts.translation_preprocessors(src, tgt),
             output_features=features,
             metric_fns=metrics.translation_metrics(tgt),
           )

@@ -11,7 +11,7 @@ import pytest
 from models import runtime  # imports no jax
 
 # The entry points' XLA flags and PJRT_NPROC (jax 0.10.2 on a 2-core CPU can deadlock in
-# collectives across 8 devices without it, DESIGN §6), so tests run what users run; plus 8 fake
+# collectives across 8 devices without it), so tests run what users run; plus 8 fake
 # CPU devices so mesh / sharding tests run without accelerators.
 runtime.configure(extra_xla_flags=("--xla_force_host_platform_device_count=8",))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -25,7 +25,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def builtin_data():
   """The built-in corpora and vocabulary (a no-op after `make test`'s prepare step)."""
-  from tasks import corpora, vocab  # noqa: PLC0415 (imports TensorFlow)
+  from tasks import corpora  # noqa: PLC0415 (imports TensorFlow)
+  from tasks.vocab import training  # noqa: PLC0415
 
   corpora.prepare(progress=False)
-  vocab.prepare_builtin(progress=False)
+  training.prepare_builtin(progress=False)

@@ -450,7 +450,7 @@ def test_two_processes_train_and_one_process_restores(tmp_path):
   try:
     results = [p.communicate(timeout=400) for p in procs]
   finally:
-    for p in procs:  # jax.distributed catches SIGTERM (DESIGN §6)
+    for p in procs:  # jax.distributed catches SIGTERM, so SIGKILL
       if p.poll() is None:
         p.kill()
   for p, (_, err) in zip(procs, results):

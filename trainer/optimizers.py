@@ -1,10 +1,10 @@
-"""Optimizers and learning-rate schedules with T5X's defaults (DESIGN §3, §5).
+"""Optimizers and learning-rate schedules with T5X's defaults (docs/design.md, Recipes).
 
     schedule = rsqrt_decay()  # pretraining: 0.01 for 10k steps, then 1/sqrt(step)
     tx = make_optimizer("adafactor", schedule)  # T5X's Adafactor
     tx = make_optimizer("adamw", warmup_cosine(1e-3, 1000, 100_000), clip_grad_norm=1.0)
 
-Adafactor needs plain (unboxed) params for `tx.init`: `flax.linen.unbox` them first (DESIGN §6).
+Adafactor needs plain (unboxed) params for `tx.init`: `flax.linen.unbox` them first.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""xt5's built-in corpora: real, human-written, offline once prepared (DESIGN §4).
+"""xt5's built-in corpora: real, human-written, offline once prepared, never committed.
 
 Two pinned registry packages, fetched with their ordinary clients and read with the stdlib:
 - GNOME Help (Debian `gnome-user-docs` 43.0-2): the GNOME desktop manual in English and 41
@@ -114,7 +114,7 @@ def _builders(tfds_dir: Path) -> list[tfds.core.DatasetBuilder]:
 def prepare(data_dir: Path | str | None = None, force: bool = False, progress: bool = True) -> Path:
   """Fetches the artifacts and builds both datasets (every config); returns the TFDS data dir.
 
-  The default vocabulary is trained from these by `tasks.vocab.prepare_builtin`, which
+  The default vocabulary is trained from these by `tasks.vocab.training.prepare_builtin`, which
   `python -m tasks.corpora prepare` runs after this.
 
   Idempotent: verified artifacts and built datasets are reused, so a second call only checks

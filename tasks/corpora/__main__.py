@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   from tasks import vocab  # the default vocabulary is trained on the built corpus
+  from tasks.vocab import training
 
-  vocab_path = vocab.prepare_builtin(root, force=args.force, progress=True)
+  vocab_path = training.prepare_builtin(root, force=args.force, progress=True)
   print(_summary(root))
   print(
     f"vocabulary: {vocab_path} ({vocab.BUILTIN_VOCAB_SIZE} ids incl. {vocab.EXTRA_IDS} sentinels)"

@@ -9,8 +9,8 @@ from models import config as model_config
 FAMILIES = ("t5_1_0", "t5_1_1", "mt5", "byt5")
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 
-# (d_model, num_heads, head_dim, num_encoder_layers, num_decoder_layers, d_ff): DESIGN §5 and the
-# papers. T5.1.0 xl/xxl are the 3B/11B models: d_model 1024 with wide heads and MLPs.
+# (d_model, num_heads, head_dim, num_encoder_layers, num_decoder_layers, d_ff): docs/design.md
+# and the papers. T5.1.0 xl/xxl are the 3B/11B models: d_model 1024 with wide heads and MLPs.
 T511_SHAPES = {
   "small": (512, 6, 64, 8, 8, 1024),
   "base": (768, 12, 64, 12, 12, 2048),

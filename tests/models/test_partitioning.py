@@ -33,7 +33,7 @@ B, L = 8, 16
 RTOL = 1e-5  # max |sharded - reference| <= RTOL * max |reference|, per leaf
 
 
-def adafactor():  # T5X defaults (DESIGN §3)
+def adafactor():  # T5X's defaults, as trainer.optimizers.adafactor
   return optax.adafactor(
     1e-2,
     decay_rate=0.8,

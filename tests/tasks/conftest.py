@@ -77,12 +77,12 @@ os.environ.setdefault("XT5_MT5_VOCAB", str(_MT5_STANDIN))
 @pytest.fixture(scope="session")
 def mt5_standin_vocab():
   """Trains the stand-in once per machine (atomic rename: xdist workers may race)."""
-  from tasks import vocab  # noqa: PLC0415
+  from tasks.vocab import training  # noqa: PLC0415
 
   path = Path(os.environ["XT5_MT5_VOCAB"])
   if not path.exists():
     with tempfile.TemporaryDirectory(dir=path.parent.parent) as tmp:
-      trained = vocab.train_sentencepiece(
+      trained = training.train_sentencepiece(
         synthetic_documents(2000, seed=9, words=(3, 20)), 1000, tmp
       )
       path.parent.mkdir(parents=True, exist_ok=True)

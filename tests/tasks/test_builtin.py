@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 import tasks
-from tasks import builtin, corpora, language_sampling, vocab
+from tasks import builtin, corpora, language_sampling
+from tasks.vocab import training
 
 
 @pytest.fixture(scope="module")
 def prepared():
   corpora.prepare(progress=False)  # a no-op when `make test` has run the prepare step
-  vocab.prepare_builtin(progress=False)
+  training.prepare_builtin(progress=False)
 
 
 def test_missing_corpora_name_the_prepare_command(tmp_path):

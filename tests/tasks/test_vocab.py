@@ -1,9 +1,12 @@
-"""Vocabularies: SentencePiece training with mT5's sentinel convention, bytes, clear errors."""
+"""Vocabularies: SentencePiece training with mT5's sentinel convention, bytes, clear errors; the
+`python -m tasks.vocab train` command line."""
 
 import pytest
 import seqio
 
 from tasks import preprocessors, registry, vocab
+from tasks.vocab import training
+from tasks.vocab.__main__ import main
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def trained(tmp_path_factory):
           for _ in range(rng.randint(3, 15))
         )
       )
-  path = vocab.train_sentencepiece(lines, 600, tmp_path_factory.mktemp("spm"))
+  path = training.train_sentencepiece(lines, 600, tmp_path_factory.mktemp("spm"))
   return vocab.sentencepiece_vocabulary(path)
 
 
@@ -43,11 +46,11 @@ def test_round_trip_and_byte_fallback(trained):
 
 def test_training_errors(tmp_path):
   with pytest.raises(ValueError, match="no text"):
-    vocab.train_sentencepiece([], 1000, tmp_path)
+    training.train_sentencepiece([], 1000, tmp_path)
   with pytest.raises(ValueError, match="too small"):
-    vocab.train_sentencepiece(["a b c"], 300, tmp_path)
+    training.train_sentencepiece(["a b c"], 300, tmp_path)
   with pytest.raises(ValueError, match="could not train"):
-    vocab.train_sentencepiece(["a b c"] * 10, 5000, tmp_path)
+    training.train_sentencepiece(["a b c"] * 10, 5000, tmp_path)
 
 
 def test_vocabulary_must_fit_the_model(trained):
@@ -86,10 +89,10 @@ def test_train_from_a_mixture_with_the_cli(make_text_task, make_documents, tmp_p
     for s, syl in ((1, "ka ne ri to mu sa"), (2, "glo brak ste vrin do"))
   ]
   registry.add_language_mixture("test_vocab_mixture", names)
-  lines = vocab.mixture_lines("test_vocab_mixture", "train", max_lines=300, progress=False)
+  lines = training.mixture_lines("test_vocab_mixture", "train", max_lines=300, progress=False)
   assert len(lines) == 300 and any("glo" in x for x in lines) and any("ka" in x for x in lines)
   assert (
-    vocab.main(
+    main(
       [
         "train",
         "--mixture",
@@ -107,7 +110,6 @@ def test_train_from_a_mixture_with_the_cli(make_text_task, make_documents, tmp_p
   assert "(400 ids incl. 100 extra ids)" in capsys.readouterr().out
   assert vocab.sentencepiece_vocabulary(tmp_path / "sentencepiece.model").vocab_size == 400
   assert (
-    vocab.main(["train", "--mixture", "test_vocab_mixtur", "--size", "400", "--out", str(tmp_path)])
-    == 2
+    main(["train", "--mixture", "test_vocab_mixtur", "--size", "400", "--out", str(tmp_path)]) == 2
   )
   assert "did you mean 'test_vocab_mixture'" in capsys.readouterr().err.lower()
