@@ -23,6 +23,7 @@ runtime.configure(reexec=__name__ == "__main__")
 import argparse
 import difflib
 import glob
+import importlib
 import inspect
 import io
 import json
@@ -59,6 +60,24 @@ USER_ERRORS = (
 )
 
 
+def import_task_module(name: str | None) -> None:
+  """T5X's MIXTURE_OR_TASK_MODULE: imports a module of the user's own seqio tasks (from the
+  working directory or PYTHONPATH) so that they are registered before a task is looked up."""
+  if not name:
+    return
+  if os.getcwd() not in sys.path:
+    sys.path.append(os.getcwd())
+  try:
+    importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    if e.name is None or not name.startswith(e.name):
+      raise  # the user's module imports something missing: its own traceback says what
+    raise ConfigError(
+      f"MIXTURE_OR_TASK_MODULE {name!r} was not found: put {name.replace('.', '/')}.py in the "
+      f"working directory or a folder on PYTHONPATH"
+    ) from None
+
+
 # ----------------------------------------------------------------------------------------------
 # Jobs: gin binds these (run gins pick one with `train_script.run.job = @train_script.train`).
 # Each turns the T5X macros into the grouped settings of `trainer/` and calls it.
@@ -72,6 +91,7 @@ def train(
   task_feature_lengths: Mapping[str, int],
   train_steps: int,
   batch_size: int,
+  mixture_or_task_module: str | None = None,
   converter: str = "encoder_decoder",
   pack: bool = True,
   seed: int = 0,
@@ -102,6 +122,7 @@ def train(
 ) -> dict[str, float]:
   """Trains until `train_steps` (resuming from MODEL_DIR's newest checkpoint); returns the
   final evaluation metrics (or the last train metrics when evaluation is off)."""
+  import_task_module(mixture_or_task_module)
   return loop_lib.train(
     model_dir=model_dir,
     model_config=model_config,
@@ -144,6 +165,7 @@ def evaluate(
   task_feature_lengths: Mapping[str, int],
   batch_size: int,
   output_dir: str,
+  mixture_or_task_module: str | None = None,
   split: str = "validation",
   converter: str = "encoder_decoder",
   pack: bool = True,
@@ -158,6 +180,7 @@ def evaluate(
 ) -> dict:
   """Teacher-forced and inference metrics of a checkpoint; written to
   OUTPUT_DIR/eval_metrics.json and TensorBoard."""
+  import_task_module(mixture_or_task_module)
   return evaluation.evaluate_checkpoint(
     checkpoint_path=checkpoint_path,
     model_config=model_config,
@@ -185,6 +208,7 @@ def infer(
   batch_size: int,
   task_feature_lengths: Mapping[str, int],
   mixture_or_task_name: str | None = None,
+  mixture_or_task_module: str | None = None,
   split: str = "validation",
   input_file: str | None = None,
   vocabulary=None,
@@ -201,6 +225,7 @@ def infer(
   JSONL; resumes a partly written OUTPUT_FILE. Returns the number of lines written.
 
   A text file is tokenized with `vocabulary`, else with MIXTURE_OR_TASK_NAME's vocabulary."""
+  import_task_module(mixture_or_task_module)
   return predict_lib.infer_checkpoint(
     checkpoint_path=checkpoint_path,
     model_config=model_config,

@@ -255,6 +255,55 @@ def test_config_errors_name_the_problem(tmp_path, capsys, flags, expected):
   assert expected in capsys.readouterr().err
 
 
+# A new user's mistakes on the command line: each is one line naming the problem and the fix,
+# a non-zero exit, and no traceback (main returns instead of raising). All fail before compiling.
+MISTAKES = [
+  (["--gin.MIXTURE_OR_TASK_NAME='test_cpy'"], "no task or mixture named 'test_cpy'"),
+  (["--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 32}"], "TASK_FEATURE_LENGTHS['inputs']"),
+  (["--gin.TASK_FEATURE_LENGTHS={'targets': 32}"], "TASK_FEATURE_LENGTHS['inputs'] is None"),
+  (["--gin.TASK_FEATURE_LENGTHS=None"], "TASK_FEATURE_LENGTHS must be a dict"),
+  (["--gin.TRAIN_STEPS=-5"], "TRAIN_STEPS must be a positive integer, got -5"),
+  (["--gin.BATCH_SIZE=0"], "BATCH_SIZE must be a positive integer"),
+  (["--gin.BATCH_SIZE=12"], "whole multiple of the 8 data-parallel devices"),
+  (["--gin.CHECKPOINT_PERIOD=0"], "CHECKPOINT_PERIOD must be a positive integer"),
+  (["--gin.MESH_SHAPE={'data': 3, 'model': 3}"], "needs 9 devices"),
+  (["--gin.PARTITIONING_RULES='fsdpp'"], "unknown partitioning rules 'fsdpp'"),
+  (["--gin.INITIAL_CHECKPOINT_PATH='/no/such/ckpt'"], "/no/such/ckpt does not exist"),
+  (["--gin.MIXTURE_OR_TASK_MODULE='no_such_tasks'"], "MIXTURE_OR_TASK_MODULE 'no_such_tasks'"),
+  (["--gin.model_config.T5Config.vocab_size=100"], "vocabulary"),
+]
+
+
+@pytest.mark.parametrize("flags, expected", MISTAKES, ids=[m[1][:40] for m in MISTAKES])
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys, flags, expected):
+  gin_file = write_gin(tmp_path)
+  argv = [f"--gin_file={gin_file}", f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.TRAIN_STEPS=3"]
+  assert train.main(argv + flags) != 0
+  errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("xt5: error")]
+  assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_tasks_from_the_users_own_module(tmp_path, monkeypatch, capsys):
+  """T5X's MIXTURE_OR_TASK_MODULE: a module in the working directory registers the task."""
+  (tmp_path / "my_copy_tasks.py").write_text(
+    "import seqio\nimport tasks\n"
+    "tasks.add_examples_task('my_copy', [('ab', 'ab'), ('cd', 'cd')] * 8, seqio.ByteVocabulary())\n"
+  )
+  monkeypatch.chdir(tmp_path)
+  gin_file = write_gin(tmp_path)
+  rc = train.main(
+    [
+      f"--gin_file={gin_file}",
+      f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+      "--gin.TRAIN_STEPS=1",
+      "--gin.MIXTURE_OR_TASK_MODULE='my_copy_tasks'",
+      "--gin.MIXTURE_OR_TASK_NAME='my_copy'",
+    ]
+  )
+  assert rc == 0, capsys.readouterr().err
+  assert "my_copy_tasks" in sys.modules
+
+
 def test_missing_model_config_and_missing_gin_file(tmp_path, capsys):
   assert (
     train.main(
