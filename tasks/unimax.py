@@ -40,7 +40,8 @@ def unimax_budget(
 ) -> float:
   """A run's budget in characters: steps × batch × its longest feature (the encoder's input for
   span corruption, the decoder's for an LM) × characters per token (builtin.CHARS_PER_TOKEN has
-  the built-in vocabularies'). Span corruption's targets re-read ~15% of the text on top."""
+  the built-in vocabularies'). Span corruption moves ~15% of the text to the targets, so a
+  run reads somewhat more than this."""
   return language_sampling.character_budget(
     train_steps, batch_size, max(task_feature_lengths.values()), chars_per_token
   )
