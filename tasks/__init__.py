@@ -1,8 +1,9 @@
 """xt5's data half: seqio Tasks and Mixtures, vocabularies, preprocessors, metrics, corpora.
 
 Importing `tasks` registers every task and mixture (`tasks.builtin`: the built-in corpora;
-`tasks.tfds_tasks`: mC4 and WMT). It knows nothing of JAX models: `tasks.get_dataset` yields
-batches in seqio's feature-converter format, which `models/` consumes.
+`tasks.tfds_tasks`: mC4 and WMT; a gin run can add UniMax variants with `tasks.unimax_mixture`).
+It knows nothing of JAX models: `tasks.get_dataset` yields batches in seqio's feature-converter
+format, which `models/` consumes.
 """
 
 import tensorflow as tf
@@ -20,6 +21,7 @@ from tasks.registry import (
   get,
   mixing_proportions,
 )
+from tasks.unimax import unimax_budget, unimax_mixture
 
 builtin.register()
 tfds_tasks.register()
@@ -34,4 +36,6 @@ __all__ = [
   "get",
   "get_dataset",
   "mixing_proportions",
+  "unimax_budget",
+  "unimax_mixture",
 ]

@@ -6,6 +6,7 @@ Names (language tags with `-` as `_`, since seqio names allow no hyphens):
   mono, byt5_mono, mono_lm, mono_prefix_lm   every language, sampled ∝ n^0.3 (mT5); these are
                                              Tasks over one language-sampled stream
                                              (`tasks.language_sampling`), not seqio Mixtures
+  mono_unimax, byt5_mono_unimax              the same sampled by UniMax at UNIMAX_BUDGETS
   translate_en_{x}, translate_{x}_en         GNOME Help en<->X (41 X), BLEU + chrF
   byt5_translate_en_{x}, byt5_translate_{x}_en
   translate_en_x, byt5_translate_en_x        every en->X pair, examples-proportional
@@ -25,6 +26,22 @@ from tasks import corpora, language_sampling, metrics, parts, registry, span_cor
 
 # The quickstart's translation pairs; each gets the same share as the whole span-corruption mix.
 MULTITASK_TARGETS = ("de", "fr", "es")
+# Characters per token of the built-in vocabularies on the built-in corpus (3 train documents of
+# each language, averaged over languages): the 8192-piece SentencePiece model ~2.0; bytes ~0.8,
+# UTF-8 taking 2-3 bytes a character outside Latin script.
+CHARS_PER_TOKEN = {"mono": 2.0, "byt5_mono": 0.8, "mono_lm": 2.0, "mono_prefix_lm": 2.0}
+# UniMax's default character budgets: what the quickstart runs read, steps × batch × length ×
+# chars per token (configs/experiments/quickstart*.gin: 1400 × 16 × 128 subword tokens ≈ 5.7M
+# characters, ~43% of the 13.4M-character corpus; 450 × 12 × 384 bytes ≈ 1.7M), with at most one
+# epoch of any language.
+_QUICKSTART_RUNS = {"subword": (1400, 16, 128), "byte": (450, 12, 384)}  # steps, batch, length
+UNIMAX_BUDGETS = {
+  objective: language_sampling.character_budget(
+    *_QUICKSTART_RUNS["byte" if objective == "byt5_mono" else "subword"], chars
+  )
+  for objective, chars in CHARS_PER_TOKEN.items()
+}
+UNIMAX_MAX_EPOCHS = 1.0
 
 
 class BuiltinTfdsSource(seqio.TfdsDataSource):
@@ -52,21 +69,25 @@ class SampledMonolingualSource(seqio.DataSource):
   """Every language of `xt5_monolingual` in one stream.
 
   train: endless; language l's share of the characters is ∝ n_l ** alpha (n_l: its train
-  documents), see `tasks.language_sampling`. validation: every language's documents, once.
+  documents), or UniMax's share of its train characters (`sampling` a
+  `language_sampling.UniMax` whose budget counts characters), see `tasks.language_sampling`.
+  validation: every language's documents, once.
   The train split reports no size, so seqio never tries to cache the endless stream.
   """
 
   def __init__(
     self,
-    alpha: float = registry.DEFAULT_ALPHA,
+    sampling: language_sampling.Sampling = registry.DEFAULT_ALPHA,
     data_dir=None,
     languages: Sequence[str] = corpora.MONOLINGUAL_LANGUAGES,
   ):
     super().__init__(
       splits=("train", "validation"), caching_permitted=False, performs_internal_shuffling=True
     )
-    language_sampling.check_alpha(alpha)
-    self.alpha, self._data_dir, self.languages = alpha, data_dir, tuple(languages)
+    language_sampling.check_sampling(sampling)
+    self.sampling, self._data_dir, self.languages = sampling, data_dir, tuple(languages)
+    # n ** alpha's exponent (None under UniMax)
+    self.alpha = None if isinstance(sampling, language_sampling.UniMax) else sampling
     self._characters: dict[str, dict[str, int]] = {}
 
   @property
@@ -106,6 +127,12 @@ class SampledMonolingualSource(seqio.DataSource):
       self._characters[split] = totals
     return self._characters[split]
 
+  def rates(self, split: str = "train") -> dict[str, float]:
+    """Each language's share of the sampled characters."""
+    return language_sampling.sampling_rates(
+      self.sampling, self.sizes(split), self.characters(split)
+    )
+
   def num_input_examples(self, split: str) -> int | None:
     return None if split == "train" else sum(self.sizes(split).values())
 
@@ -126,7 +153,7 @@ class SampledMonolingualSource(seqio.DataSource):
       documents = documents.shard(shard_info.num_shards, shard_info.index)
     if split == "train":
       return language_sampling.sample_languages(
-        documents, self.sizes(split), self.alpha, seed, shuffle, mass=self.characters(split)
+        documents, self.sizes(split), self.sampling, seed, shuffle, mass=self.characters(split)
       )
     if shuffle:
       documents = documents.shuffle(sum(self.sizes(split).values()), seed=seed)
@@ -174,12 +201,13 @@ def _objectives() -> dict[str, tuple[dict[str, seqio.Feature], object]]:
 def add_sampled_monolingual_task(
   name: str,
   objective: str = "mono",
-  alpha: float = registry.DEFAULT_ALPHA,
+  sampling: language_sampling.Sampling = registry.DEFAULT_ALPHA,
   languages: Sequence[str] = corpora.MONOLINGUAL_LANGUAGES,
 ) -> seqio.Task:
   """Registers `objective` (a prefix of `_objectives`: mono, byt5_mono, mono_lm, mono_prefix_lm)
-  over `languages` sampled ∝ n ** alpha, e.g.
-  `add_sampled_monolingual_task("mono_a05", alpha=0.5)`."""
+  over `languages` sampled ∝ n ** alpha or by UniMax, e.g.
+  `add_sampled_monolingual_task("mono_a05", sampling=0.5)` or
+  `add_sampled_monolingual_task("mono_u2", sampling=language_sampling.UniMax(1e7, 2))`."""
   features, preprocess = _objectives()[objective]
   unknown = sorted(set(languages) - set(corpora.MONOLINGUAL_LANGUAGES))
   if unknown:
@@ -190,7 +218,7 @@ def add_sampled_monolingual_task(
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
     name,
-    source=SampledMonolingualSource(alpha, languages=languages),
+    source=SampledMonolingualSource(sampling, languages=languages),
     preprocessors=parts.unsupervised_preprocessors(preprocess, cacheable=False),
     output_features=features,
     metric_fns=[],
@@ -209,6 +237,9 @@ def register() -> None:
         features,
       )
     add_sampled_monolingual_task(prefix, prefix)
+  for prefix in ("mono", "byt5_mono"):
+    unimax = language_sampling.UniMax(UNIMAX_BUDGETS[prefix], UNIMAX_MAX_EPOCHS)
+    add_sampled_monolingual_task(f"{prefix}_unimax", prefix, unimax)
 
   for prefix, features in (("", subword), ("byt5_", byte)):
     for tag in corpora.GNOME_LOCALES:

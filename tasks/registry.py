@@ -1,5 +1,5 @@
-"""Looking up tasks and mixtures by name; mixtures with mT5's language sampling; tasks over
-in-memory examples (the interactive model's `train` on a list of pairs)."""
+"""Looking up tasks and mixtures by name; mixtures with mT5's or UniMax's language sampling;
+tasks over in-memory examples (the interactive model's `train` on a list of pairs)."""
 
 from __future__ import annotations
 
@@ -46,14 +46,50 @@ def language_rate(alpha: float = DEFAULT_ALPHA, maximum: int | None = None) -> f
   return functools.partial(seqio.mixing_rate_num_examples, temperature=1.0 / alpha, maximum=maximum)
 
 
+class UniMaxRate:
+  """Mixing-rate function: each task's UniMax allocation among `task_names`, sized by their
+  training examples (so `unimax.budget` counts examples). seqio asks one task at a time; the
+  first call reads every task's size."""
+
+  def __init__(self, task_names: Sequence[str], unimax: language_sampling.UniMax):
+    self.task_names, self.unimax = tuple(task_names), unimax
+    self._allocations: dict[str, float] | None = None
+
+  def sizes(self) -> dict[str, int]:
+    sizes = {}
+    for name in self.task_names:
+      n = seqio.get_mixture_or_task(name).num_input_examples("train")
+      if n is None:
+        raise ValueError(f"UniMax needs the size of {name!r}'s train split; seqio has none")
+      sizes[name] = n
+    return sizes
+
+  def __call__(self, task: seqio.Task) -> float:
+    if self._allocations is None:
+      self._allocations = language_sampling.unimax_allocations(
+        self.sizes(), self.unimax.budget, self.unimax.max_epochs
+      )
+    return self._allocations[task.name]
+
+
 def add_language_mixture(
-  name: str, task_names: Sequence[str], alpha: float = DEFAULT_ALPHA, maximum: int | None = None
+  name: str,
+  task_names: Sequence[str],
+  sampling: language_sampling.Sampling = DEFAULT_ALPHA,
+  maximum: int | None = None,
 ) -> seqio.Mixture:
-  """Registers a mixture over per-language tasks sampled ∝ n ** alpha (mT5 uses 0.3)."""
+  """Registers a mixture over per-language tasks sampled ∝ n ** alpha (`sampling` an alpha; mT5
+  uses 0.3; `maximum` caps n) or by UniMax (`sampling` a `language_sampling.UniMax` whose
+  budget counts training examples), n being each task's training examples."""
+  language_sampling.check_sampling(sampling)
+  if isinstance(sampling, language_sampling.UniMax):
+    if maximum is not None:
+      raise ValueError("maximum caps n in n ** alpha; UniMax caps epochs with max_epochs instead")
+    rate = UniMaxRate(task_names, sampling)
+  else:
+    rate = language_rate(sampling, maximum)
   seqio.MixtureRegistry.remove(name)
-  return seqio.MixtureRegistry.add(
-    name, list(task_names), default_rate=language_rate(alpha, maximum)
-  )
+  return seqio.MixtureRegistry.add(name, list(task_names), default_rate=rate)
 
 
 def mixing_proportions(mixture: seqio.Mixture) -> dict[str, float]:

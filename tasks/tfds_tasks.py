@@ -3,6 +3,7 @@ at run time here).
 
   mc4.{lang}, mc4                     `c4/multilingual` span corruption, mT5 vocabulary, n^0.3
   byt5_mc4.{lang}, byt5_mc4           the same in bytes, mean noise span 20 (ByT5)
+  mc4_unimax, byt5_mc4_unimax         the same languages sampled by UniMax (MC4_UNIMAX_BUDGET)
   {wmt}_translate_{src}_{tgt}         WMT14 en-de/en-fr, WMT16 en-ro, WMT19 X-en, both directions,
   byt5_{wmt}_translate_{src}_{tgt}    BLEU + chrF (sacrebleu)
 
@@ -17,10 +18,15 @@ import functools
 import seqio
 from tensorflow_datasets.text import c4
 
-from tasks import metrics, parts, registry, span_corruption, vocab
+from tasks import language_sampling, metrics, parts, registry, span_corruption, vocab
 
 MC4_TFDS = "c4/multilingual:3.1.0"
 MC4_LANGUAGES = tuple(c4.MC4_LANGUAGES)  # TFDS's own list of the 107 mC4 splits
+# UniMax for mc4 mixtures: seqio knows each language's documents, not characters, so the budget
+# counts documents: mT5's run (1M steps × 1024 sequences) taking one document per sequence, with
+# at most one epoch of any language. Pass another budget for another run or page length.
+MC4_UNIMAX_BUDGET = 2**30
+MC4_UNIMAX_MAX_EPOCHS = 1.0
 # (TFDS dataset, its "xx-en" configs) — the T5 paper's WMT14/16 pairs and WMT19's news task.
 WMT_SPLITS = {
   "wmt14_translate": ("train", "validation", "test"),
@@ -57,6 +63,9 @@ def register() -> None:
         metric_fns=[],
       )
     registry.add_language_mixture(prefix, names)
+    registry.add_language_mixture(
+      f"{prefix}_unimax", names, language_sampling.UniMax(MC4_UNIMAX_BUDGET, MC4_UNIMAX_MAX_EPOCHS)
+    )
 
   for dataset, configs in WMT_CONFIGS.items():
     for config in configs:

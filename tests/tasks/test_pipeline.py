@@ -75,7 +75,7 @@ def test_language_mixture_rates_and_sampling(make_text_task):
     )
     for k, n in sizes.items()
   ]
-  mixture = registry.add_language_mixture("test_language_mixture", names, alpha=0.3)
+  mixture = registry.add_language_mixture("test_language_mixture", names, 0.3)
   expected = np.array([n**0.3 for n in sizes.values()])
   expected /= expected.sum()
   proportions = tasks.mixing_proportions(mixture)
@@ -88,7 +88,7 @@ def test_language_mixture_rates_and_sampling(make_text_task):
   observed = np.array([counts[k] / 10_000 for k in sizes])
   np.testing.assert_allclose(observed, expected, atol=0.015)
   # alpha = 1 is examples-proportional; alpha is validated.
-  flat = registry.add_language_mixture("test_language_mixture_1", names, alpha=1.0)
+  flat = registry.add_language_mixture("test_language_mixture_1", names, 1.0)
   assert tasks.mixing_proportions(flat)[names[-1]] == pytest.approx(10000 / 11110)
   with pytest.raises(ValueError, match="alpha"):
     registry.language_rate(0.0)
