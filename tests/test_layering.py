@@ -235,7 +235,7 @@ def test_the_graph_sees_every_layer():
   graph = first_party_graph()
   assert {"models.layers", "tasks.vocab", "tasks.corpora.fetch", "trainer.state"} <= set(graph)
   assert "tasks.registry" in graph["tasks.pipeline"]  # module level
-  assert "tasks.vocab" in graph["train"]  # inside a function
+  assert "tasks.vocab" in graph["trainer.mesh"]  # inside a function
 
 
 def test_no_import_cycles():
