@@ -2,8 +2,14 @@
 
 Everything here is a pure function of (module, params, arrays); each public decoder is one
 `jax.jit` whose whole decode loop is a `lax.while_loop` over a KV cache (no host round trip per
-step). Shapes in names: B batch, K beams, P prompt width, L max decode length, N = P + L sequence
-buffer, V vocab, S encoder length.
+step).
+
+Shapes in names follow the project's legend: B batch, T target/query length, S source/key length,
+D d_model, H heads, K head dim, F d_ff, V vocab, E layers (scan axis), W beams, P prompt width,
+L max decode length, N = P + L decode buffer. Letters of this module only: C the 2W candidates of
+a beam step (the entries `_blocked_top_k` keeps), R the B * W rows of the beam-folded batch, M a
+row of `_blocked_top_k`'s input (W * V in beam search), G its blocks of Z positions each; a
+lowercase x stands for any leading axes.
 
 Conventions (T5 / seqio): pad = 0, EOS = 1 (`eos_id`), the decoder starts from token 0 at
 position 0.
@@ -46,7 +52,7 @@ copied to the device on every call (~0.1-0.25 s for T5.1.1-small on CPU).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -61,8 +67,8 @@ METHODS = ("greedy", "sample", "beam")
 
 
 class DecodeResult(NamedTuple):
-  tokens: jax.Array  # [B, L] int32 (greedy / sampling) or [B, K, L] (beam, best beam first)
-  scores: jax.Array  # [B] or [B, K] float32
+  tokens: jax.Array  # [B, L] int32 (greedy / sampling) or [B, W, L] (beam, best beam first)
+  scores: jax.Array  # [B] or [B, W] float32
   num_steps: jax.Array  # scalar int32: decode positions actually run (early stop shows here)
 
 
@@ -102,20 +108,36 @@ def _check_inputs(module, encoder_input_tokens, decoder_prompt_tokens, max_decod
       )
 
 
+class _Prompt(NamedTuple):
+  """A prefilled prompt: what every decoder starts from (see `_prefill`)."""
+
+  step: Callable  # step(cache, tokens_BT, index, *step_args) -> (logits_BTV, cache)
+  step_args: tuple  # (encoded, encoder_input_tokens, prefix_B) for `step`
+  cache: Any  # KV cache holding the whole prompt buffer (cache length N - 1)
+  seq_BN: jax.Array  # int32 decode buffer: each row's prompt, 0 right of it
+  prompt_len_B: jax.Array  # int32 prompt lengths
+  start: jax.Array  # int32 scalar: min(prompt_len_B) - 1, the last position in every prompt
+  logits_BV: jax.Array  # the logits at `start`, which pick the token at start + 1
+
+
+def _prompt_width(decoder_prompt_tokens) -> int:
+  """P, the static prompt width (1 for the default encoder-decoder start token)."""
+  return 1 if decoder_prompt_tokens is None else decoder_prompt_tokens.shape[1]
+
+
 def _prefill(
   module,
   params,
   encoder_input_tokens,
   decoder_prompt_tokens,
   decoder_prompt_lengths,
-  cache_len: int,
+  max_decode_length: int,
   prefix_lm: bool,
-):
-  """Encodes, prefills the prompt in one call.
-
-  Returns (step, prompt_BP, prompt_len_B, logits_BPV, cache, step_args) where
-  `step(cache, tokens_BT, index, *step_args) -> (logits_BTV, cache)`.
-  """
+) -> _Prompt:
+  """Encodes, prefills the padded prompt [B, P] in one `decode_step` call and lays out the
+  decode buffer [B, N] that the decoders then fill position by position."""
+  P = _prompt_width(decoder_prompt_tokens)
+  N = P + max_decode_length
   if _is_encoder_decoder(module):
     B = encoder_input_tokens.shape[0]
     encoded = module.apply({"params": params}, encoder_input_tokens, method="encode")
@@ -136,7 +158,7 @@ def _prefill(
       variables,
       tokens_BT,
       index,
-      cache_len,
+      N - 1,
       encoded,
       enc_tokens,
       prefix_B,
@@ -152,12 +174,20 @@ def _prefill(
   def step(cache, tokens_BT, index, encoded, enc_tokens, prefix_B):
     return call({"params": params, "cache": cache}, tokens_BT, index, encoded, enc_tokens, prefix_B)
 
-  return step, prompt_BP, prompt_len_B, logits_BPV, cache, (encoded, encoder_input_tokens, prefix_B)
-
-
-def _prompt_width(decoder_prompt_tokens) -> int:
-  """P, the static prompt width (1 for the default encoder-decoder start token)."""
-  return 1 if decoder_prompt_tokens is None else decoder_prompt_tokens.shape[1]
+  B = prompt_BP.shape[0]
+  seq_BN = jnp.zeros((B, N), jnp.int32).at[:, :P].set(prompt_BP)
+  # only the real prompt is forced; anything right of it in the buffer must read as pad.
+  seq_BN = jnp.where(jnp.arange(N) < prompt_len_B[:, None], seq_BN, 0)
+  start = jnp.min(prompt_len_B) - 1  # last position that every row has in its prompt
+  return _Prompt(
+    step=step,
+    step_args=(encoded, encoder_input_tokens, prefix_B),
+    cache=cache,
+    seq_BN=seq_BN,
+    prompt_len_B=prompt_len_B,
+    start=start,
+    logits_BV=jax.lax.dynamic_index_in_dim(logits_BPV, start, axis=1, keepdims=False),
+  )
 
 
 def _continuation(seq_xN, prompt_len_x, L: int):
@@ -206,21 +236,18 @@ def _sample_impl(
   eos_id: int,
   prefix_lm: bool,
 ):
-  L, P = max_decode_length, _prompt_width(decoder_prompt_tokens)
-  N = P + L
-  step, prompt_BP, prompt_len_B, logits_BPV, cache, enc_args = _prefill(
+  L = max_decode_length
+  prompt = _prefill(
     module,
     params,
     encoder_input_tokens,
     decoder_prompt_tokens,
     decoder_prompt_lengths,
-    N - 1,
+    L,
     prefix_lm,
   )
-  B = prompt_BP.shape[0]
-  seq_BN = jnp.zeros((B, N), jnp.int32).at[:, :P].set(prompt_BP)
-  # only the real prompt is forced; anything right of it in the buffer must read as pad.
-  seq_BN = jnp.where(jnp.arange(N) < prompt_len_B[:, None], seq_BN, 0)
+  prompt_len_B = prompt.prompt_len_B
+  B, N = prompt.seq_BN.shape
   last_pos_B = prompt_len_B + L - 1  # position of each row's last allowed token
 
   def advance(i, seq_BN, done_B, logp_B, logits_BV):
@@ -240,11 +267,13 @@ def _sample_impl(
     done_B = done_B | (write_B & (tok_B == eos_id)) | (pos >= last_pos_B)
     return pos, seq_BN, done_B, logp_B
 
-  start = jnp.min(prompt_len_B) - 1  # last position that every row has in its prompt
-  logits0_BV = jax.lax.dynamic_index_in_dim(logits_BPV, start, axis=1, keepdims=False)
   carry = advance(
-    start, seq_BN, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.float32), logits0_BV
-  ) + (cache,)
+    prompt.start,
+    prompt.seq_BN,
+    jnp.zeros((B,), bool),
+    jnp.zeros((B,), jnp.float32),
+    prompt.logits_BV,
+  ) + (prompt.cache,)
 
   def cond(carry):
     i, _, done_B, _, _ = carry
@@ -252,11 +281,11 @@ def _sample_impl(
 
   def body(carry):
     i, seq_BN, done_B, logp_B, cache = carry
-    logits_B1V, cache = step(cache, _column(seq_BN, i)[:, None], i, *enc_args)
+    logits_B1V, cache = prompt.step(cache, _column(seq_BN, i)[:, None], i, *prompt.step_args)
     return advance(i, seq_BN, done_B, logp_B, logits_B1V[:, 0]) + (cache,)
 
   i, seq_BN, _, logp_B, _ = jax.lax.while_loop(cond, body, carry)
-  return DecodeResult(_continuation(seq_BN, prompt_len_B, L), logp_B, i - start)
+  return DecodeResult(_continuation(seq_BN, prompt_len_B, L), logp_B, i - prompt.start)
 
 
 _SAMPLE_STATIC = ("module", "max_decode_length", "greedy", "top_k", "top_p", "eos_id", "prefix_lm")
@@ -355,27 +384,29 @@ def _is_cross_attention_path(path) -> bool:
   return any(getattr(k, "key", None) == "encoder_decoder_attention" for k in path)
 
 
-def _assign_slots(parent_BK, needs_copy_BK):
+def _assign_slots(parent_BW, needs_copy_BW):
   """Cache slots for the new alive beams, so that the cache moves as little as possible.
 
-  Beam k (sorted by score) descends from the beam in slot `parent_BK[b, k]`. The first child of
+  Beam w (sorted by score) descends from the beam in slot `parent_BW[b, w]`. The first child of
   each parent inherits the parent's slot; the other children take the slots nobody inherited
-  (in order) and need a copy of the parent's cache row. Returns (slot_BK, copy_BK): the slots
-  (a permutation of 0..K-1 per example) and which beams need that copy (only where
-  `needs_copy_BK`: dead beams never do). Sources of copies are always inherited slots, so they
+  (in order) and need a copy of the parent's cache row. Returns (slot_BW, copy_BW): the slots
+  (a permutation of 0..W-1 per example) and which beams need that copy (only where
+  `needs_copy_BW`: dead beams never do). Sources of copies are always inherited slots, so they
   are never overwritten by another copy: the copies can run in any order.
   """
-  K = parent_BK.shape[1]
-  earlier_KK = jnp.tril(jnp.ones((K, K), bool), -1)  # [k, k']: k' < k
-  same_BKK = parent_BK[:, :, None] == parent_BK[:, None, :]
-  first_BK = ~jnp.any(same_BKK & earlier_KK, axis=2)
-  taken_BS = jnp.any(first_BK[:, :, None] & (parent_BK[:, :, None] == jnp.arange(K)), axis=1)
-  free_rank_BS = jnp.cumsum(~taken_BS, axis=1) - 1  # j-th free slot
-  child_rank_BK = jnp.cumsum(~first_BK, axis=1) - 1  # j-th non-first child
-  match_BKS = (~taken_BS[:, None, :]) & (free_rank_BS[:, None, :] == child_rank_BK[:, :, None])
-  free_slot_BK = jnp.sum(jnp.where(match_BKS, jnp.arange(K), 0), axis=2)
-  slot_BK = jnp.where(first_BK, parent_BK, free_slot_BK)
-  return slot_BK, ~first_BK & needs_copy_BK
+  W = parent_BW.shape[1]
+  earlier_WW = jnp.tril(jnp.ones((W, W), bool), -1)  # [w, w']: w' < w
+  same_BWW = parent_BW[:, :, None] == parent_BW[:, None, :]
+  first_BW = ~jnp.any(same_BWW & earlier_WW, axis=2)
+  # per slot: whether a first child inherits it, and its rank among the slots nobody inherits
+  taken_BW = jnp.any(first_BW[:, :, None] & (parent_BW[:, :, None] == jnp.arange(W)), axis=1)
+  free_rank_BW = jnp.cumsum(~taken_BW, axis=1) - 1  # j-th free slot
+  child_rank_BW = jnp.cumsum(~first_BW, axis=1) - 1  # per beam: j-th non-first child
+  # [b, beam, slot]: the beam's child rank is the slot's free rank
+  match_BWW = (~taken_BW[:, None, :]) & (free_rank_BW[:, None, :] == child_rank_BW[:, :, None])
+  free_slot_BW = jnp.sum(jnp.where(match_BWW, jnp.arange(W), 0), axis=2)
+  slot_BW = jnp.where(first_BW, parent_BW, free_slot_BW)
+  return slot_BW, ~first_BW & needs_copy_BW
 
 
 # Positions per block when copying a cache row (see `_copy_rows`).
@@ -384,7 +415,8 @@ _COPY_BLOCK = 16
 
 def _copy_rows(cache, src_R, dst_R, count, length):
   """cache[dst_R[j], ..., :length, :] = cache[src_R[j], ..., :length, :] for j < count, in place
-  (axis 0 of every self-attention leaf; the sequence axis is the second to last, [.., H, N, Dh]).
+  (axis 0 of every self-attention leaf; the sequence axis is the second to last:
+  [R, ..., H, N - 1, K]).
 
   Only the first `length` positions (those written so far) are copied, in blocks of
   `_COPY_BLOCK`; later positions are rewritten before any query can see them. Cross-attention
@@ -403,13 +435,13 @@ def _copy_rows(cache, src_R, dst_R, count, length):
     else leaves[i]
     for i in rows
   ]
-  N = moved[0].shape[-2]
-  blk = min(_COPY_BLOCK, N)
+  cache_len = moved[0].shape[-2]
+  blk = min(_COPY_BLOCK, cache_len)
   nblk = (length + blk - 1) // blk  # blocks per row
 
   def body(carry):
     t, xs = carry
-    j, start = t // nblk, (t % nblk) * blk  # a block past N - blk is clamped: still correct
+    j, start = t // nblk, (t % nblk) * blk  # a block past cache_len - blk is clamped: still ok
 
     def copy(x):
       size = (1,) + x.shape[1:-2] + (blk, x.shape[-1])
@@ -431,23 +463,49 @@ _TOPK_BLOCK = 128
 
 def _blocked_top_k(x_BM, k: int):
   """`jax.lax.top_k(x_BM, k)` (same values, indices and tie order) for long rows, via block
-  maxima: on XLA:CPU a top-k over [B, K * V] costs more than the max reduction that finds its
+  maxima: on XLA:CPU a top-k over [B, W * V] costs more than the max reduction that finds its
   blocks. The k best entries lie in the k blocks with the best maxima (ties to the lower block,
   as top_k breaks them), so it takes those blocks, in their original order, and runs top_k on
-  them alone.
+  them alone. Returns values and indices [B, C], C = k.
   """
   B, M = x_BM.shape
-  C = _TOPK_BLOCK
-  nblk = -(-M // C)
-  if nblk <= k:
+  Z = _TOPK_BLOCK
+  G = -(-M // Z)
+  if G <= k:
     return jax.lax.top_k(x_BM, k)
-  x_BnC = jnp.pad(x_BM, ((0, 0), (0, nblk * C - M)), constant_values=-jnp.inf).reshape(B, nblk, C)
-  _, blocks_Bk = jax.lax.top_k(jnp.max(x_BnC, axis=2), k)
-  blocks_Bk = jnp.sort(blocks_Bk, axis=1)  # flat order, so ties break as in top_k
-  cand_BkC = jnp.take_along_axis(x_BnC, blocks_Bk[:, :, None], axis=1)
-  vals_Bk, pick_Bk = jax.lax.top_k(cand_BkC.reshape(B, k * C), k)
-  idx_Bk = jnp.take_along_axis(blocks_Bk, pick_Bk // C, axis=1) * C + pick_Bk % C
-  return vals_Bk, idx_Bk.astype(jnp.int32)
+  x_BGZ = jnp.pad(x_BM, ((0, 0), (0, G * Z - M)), constant_values=-jnp.inf).reshape(B, G, Z)
+  _, blocks_BC = jax.lax.top_k(jnp.max(x_BGZ, axis=2), k)
+  blocks_BC = jnp.sort(blocks_BC, axis=1)  # flat order, so ties break as in top_k
+  cand_BCZ = jnp.take_along_axis(x_BGZ, blocks_BC[:, :, None], axis=1)
+  vals_BC, pick_BC = jax.lax.top_k(cand_BCZ.reshape(B, k * Z), k)
+  idx_BC = jnp.take_along_axis(blocks_BC, pick_BC // Z, axis=1) * Z + pick_BC % Z
+  return vals_BC, idx_BC.astype(jnp.int32)
+
+
+class _BeamState(NamedTuple):
+  """Beam search's `lax.while_loop` state once position `pos` is written.
+
+  Alive beams sit in cache-slot order (slot w of example b is row b * W + w of the folded
+  cache), not in score order; finished hypotheses are kept best first.
+  """
+
+  pos: jax.Array  # int32 scalar: the last position written
+  alive_seq_BWN: jax.Array  # int32 decode buffers of the alive beams
+  alive_logp_BW: jax.Array  # float32 their log-probs (NEG_INF: an empty slot)
+  fin_seq_BWN: jax.Array  # int32 decode buffers of the finished hypotheses
+  fin_score_BW: jax.Array  # float32 their length-penalised log-probs (NEG_INF: none yet)
+  fin_flag_BW: jax.Array  # bool whether the entry holds a finished hypothesis
+  cache: Any  # KV cache: self-attention rows folded [R, ...], cross-attention K/V [B, ...]
+
+
+class _Candidates(NamedTuple):
+  """A beam step's 2W best continuations (C = 2W), best first."""
+
+  logp_BC: jax.Array  # float32 log-probs
+  parent_BC: jax.Array  # int32 the slot of the alive beam each one continues
+  seq_BCN: jax.Array  # int32 the parent's buffer with the new token at `pos`
+  finished_BC: jax.Array  # bool ends at `pos`: EOS or the length limit (never in a prompt)
+  gen_len_B1: jax.Array  # int32 tokens generated so far, the new one included
 
 
 def _beam_impl(
@@ -463,115 +521,133 @@ def _beam_impl(
   eos_id: int,
   prefix_lm: bool,
 ):
-  L, K, P = max_decode_length, num_beams, _prompt_width(decoder_prompt_tokens)
-  N = P + L
-  step, prompt_BP, prompt_len_B, logits_BPV, cache, enc_args = _prefill(
+  L, W = max_decode_length, num_beams
+  prompt = _prefill(
     module,
     params,
     encoder_input_tokens,
     decoder_prompt_tokens,
     decoder_prompt_lengths,
-    N - 1,
+    L,
     prefix_lm,
   )
-  B, V = prompt_BP.shape[0], logits_BPV.shape[-1]
-  # fold beams into the batch: self-attention cache row b * K + s is slot s of example b. The
+  seq_BN, prompt_len_B = prompt.seq_BN, prompt.prompt_len_B
+  (B, N), V = seq_BN.shape, prompt.logits_BV.shape[-1]
+  # fold beams into the batch: self-attention cache row b * W + w is slot w of example b. The
   # encoder output and cross-attention K/V keep one row per example, shared by its beams.
-  expand = lambda x: None if x is None else jnp.repeat(x, K, axis=0)
+  fold = lambda x: None if x is None else jnp.repeat(x, W, axis=0)
   cache = jax.tree_util.tree_map_with_path(
-    lambda path, x: x if _is_cross_attention_path(path) else expand(x), cache
+    lambda path, x: x if _is_cross_attention_path(path) else fold(x), prompt.cache
   )
-  encoded, enc_tokens, prefix_B = enc_args
-  enc_args = (encoded, enc_tokens, expand(prefix_B))
-
-  seq_BN = jnp.zeros((B, N), jnp.int32).at[:, :P].set(prompt_BP)
-  seq_BN = jnp.where(jnp.arange(N) < prompt_len_B[:, None], seq_BN, 0)
-  alive_seq = jnp.broadcast_to(seq_BN[:, None], (B, K, N))
-  # only beam 0 is live at first, so the first expansion has no duplicates.
-  alive_logp = jnp.where(jnp.arange(K) == 0, 0.0, NEG_INF) * jnp.ones((B, 1), jnp.float32)
-  fin_seq = jnp.zeros((B, K, N), jnp.int32)
-  fin_score = jnp.full((B, K), NEG_INF, jnp.float32)
-  fin_flag = jnp.zeros((B, K), bool)
+  encoded, enc_tokens, prefix_B = prompt.step_args
+  step_args = (encoded, enc_tokens, fold(prefix_B))
   max_penalty = length_penalty(L, alpha)
-  batch_offset_B1 = (jnp.arange(B) * K)[:, None]
+  row_offset_B1 = (jnp.arange(B) * W)[:, None]
 
-  # Alive beams live in cache *slots* (row b * K + slot): their order in the state is the slot
-  # order, not the score order, so a step only copies the cache rows of beams that branched off
-  # a parent another beam also continues, instead of gathering the whole cache.
-  def advance(
-    i, alive_seq, alive_logp, fin_seq, fin_score, fin_flag, cache, logits_BKV, copy_cache=True
-  ):
-    pos = i + 1
-    lp_BKV = jax.nn.log_softmax(logits_BKV.astype(jnp.float32), axis=-1)
-    forced_B = pos < prompt_len_B
+  def expand(alive_logp_BW, logits_BWV, pos, in_prompt_B):
+    """Log-probs [B, W, V] of every one-token continuation of every alive beam; inside a row's
+    prompt only the prompt token continues it (at no cost)."""
+    lp_BWV = jax.nn.log_softmax(logits_BWV.astype(jnp.float32), axis=-1)
     forced_tok_B = _column(seq_BN, pos)  # the prompt buffer
     forced_lp_BV = jnp.where(jnp.arange(V) == forced_tok_B[:, None], 0.0, NEG_INF)
-    lp_BKV = jnp.where(forced_B[:, None, None], forced_lp_BV[:, None], lp_BKV)
-    cand_BKV = alive_logp[:, :, None] + lp_BKV
-    # 2K candidates: at most K of them finish, so K stay alive.
-    top_logp, top_idx = _blocked_top_k(cand_BKV.reshape(B, K * V), 2 * K)
-    top_beam, top_tok = top_idx // V, (top_idx % V).astype(jnp.int32)
-    top_seq = jnp.take_along_axis(alive_seq, top_beam[:, :, None], axis=1)
-    top_seq = jax.lax.dynamic_update_slice(top_seq, top_tok[:, :, None], (0, 0, pos))
-    gen_len_B1 = (pos - prompt_len_B + 1)[:, None]
-    valid = top_logp > NEG_INF / 2
-    finishing = ~forced_B[:, None] & valid & ((top_tok == eos_id) | (gen_len_B1 >= L))
+    lp_BWV = jnp.where(in_prompt_B[:, None, None], forced_lp_BV[:, None], lp_BWV)
+    return alive_logp_BW[:, :, None] + lp_BWV
 
-    # alive: the best K candidates that did not finish, placed into cache slots.
-    new_alive_logp, alive_idx = jax.lax.top_k(jnp.where(finishing, NEG_INF, top_logp), K)
-    parent_BK = jnp.take_along_axis(top_beam, alive_idx, axis=1)
-    slot_BK, copy_BK = _assign_slots(parent_BK, new_alive_logp > NEG_INF / 2)
-    beam_of_slot_BK = jnp.argsort(slot_BK, axis=1)
-    slot_idx = jnp.take_along_axis(alive_idx, beam_of_slot_BK, axis=1)
-    new_alive_logp = jnp.take_along_axis(new_alive_logp, beam_of_slot_BK, axis=1)
-    new_alive_seq = jnp.take_along_axis(top_seq, slot_idx[:, :, None], axis=1)
+  def top_2w(cand_BWV, alive_seq_BWN, pos, in_prompt_B) -> _Candidates:
+    """The 2W best continuations (at most W of them finish, so W stay alive), each marked
+    finished or not."""
+    logp_BC, idx_BC = _blocked_top_k(cand_BWV.reshape(B, W * V), 2 * W)
+    parent_BC, tok_BC = idx_BC // V, (idx_BC % V).astype(jnp.int32)
+    seq_BCN = jnp.take_along_axis(alive_seq_BWN, parent_BC[:, :, None], axis=1)
+    seq_BCN = jax.lax.dynamic_update_slice(seq_BCN, tok_BC[:, :, None], (0, 0, pos))
+    gen_len_B1 = (pos - prompt_len_B + 1)[:, None]
+    valid_BC = logp_BC > NEG_INF / 2
+    ends_BC = (tok_BC == eos_id) | (gen_len_B1 >= L)
+    finished_BC = ~in_prompt_B[:, None] & valid_BC & ends_BC
+    return _Candidates(logp_BC, parent_BC, seq_BCN, finished_BC, gen_len_B1)
+
+  def keep_alive(top: _Candidates, cache, pos, copy_cache: bool):
+    """The best W unfinished candidates, placed into cache slots (`_assign_slots`), with the
+    cache rows of beams that branched off a shared parent copied into their slots."""
+    logp_BW, pick_BW = jax.lax.top_k(jnp.where(top.finished_BC, NEG_INF, top.logp_BC), W)
+    parent_BW = jnp.take_along_axis(top.parent_BC, pick_BW, axis=1)
+    slot_BW, copy_BW = _assign_slots(parent_BW, logp_BW > NEG_INF / 2)
+    beam_of_slot_BW = jnp.argsort(slot_BW, axis=1)
+    pick_of_slot_BW = jnp.take_along_axis(pick_BW, beam_of_slot_BW, axis=1)
+    alive_logp_BW = jnp.take_along_axis(logp_BW, beam_of_slot_BW, axis=1)
+    alive_seq_BWN = jnp.take_along_axis(top.seq_BCN, pick_of_slot_BW[:, :, None], axis=1)
     if copy_cache:
       # copies first in the list (stable order), then the count of them.
-      order_R = jnp.argsort((~copy_BK).reshape(B * K).astype(jnp.int32), stable=True)
-      src_R = (batch_offset_B1 + parent_BK).reshape(B * K)[order_R]
-      dst_R = (batch_offset_B1 + slot_BK).reshape(B * K)[order_R]
-      cache = _copy_rows(cache, src_R, dst_R, jnp.sum(copy_BK), pos)
+      order_R = jnp.argsort((~copy_BW).reshape(B * W).astype(jnp.int32), stable=True)
+      src_R = (row_offset_B1 + parent_BW).reshape(B * W)[order_R]
+      dst_R = (row_offset_B1 + slot_BW).reshape(B * W)[order_R]
+      cache = _copy_rows(cache, src_R, dst_R, jnp.sum(copy_BW), pos)
+    return alive_seq_BWN, alive_logp_BW, cache
 
-    # finished: the best K of the old finished and the newly finished.
-    new_score = jnp.where(finishing, top_logp / length_penalty(gen_len_B1, alpha), NEG_INF)
-    all_score = jnp.concatenate([fin_score, new_score], axis=1)
-    all_flag = jnp.concatenate([fin_flag, finishing], axis=1)
-    all_seq = jnp.concatenate([fin_seq, top_seq], axis=1)
-    fin_score, fin_idx = jax.lax.top_k(all_score, K)
-    fin_flag = jnp.take_along_axis(all_flag, fin_idx, axis=1)
-    fin_seq = jnp.take_along_axis(all_seq, fin_idx[:, :, None], axis=1)
-    return pos, new_alive_seq, new_alive_logp, fin_seq, fin_score, fin_flag, cache
+  def merge_finished(state: _BeamState, top: _Candidates):
+    """The best W of the hypotheses finished so far and the newly finished candidates, these
+    scored log_prob / length_penalty."""
+    penalty_B1 = length_penalty(top.gen_len_B1, alpha)
+    new_score_BC = jnp.where(top.finished_BC, top.logp_BC / penalty_B1, NEG_INF)
+    # a pool of W + C: the old ones first, so they win ties
+    pool_score = jnp.concatenate([state.fin_score_BW, new_score_BC], axis=1)
+    pool_flag = jnp.concatenate([state.fin_flag_BW, top.finished_BC], axis=1)
+    pool_seq = jnp.concatenate([state.fin_seq_BWN, top.seq_BCN], axis=1)
+    fin_score_BW, pick_BW = jax.lax.top_k(pool_score, W)
+    fin_flag_BW = jnp.take_along_axis(pool_flag, pick_BW, axis=1)
+    fin_seq_BWN = jnp.take_along_axis(pool_seq, pick_BW[:, :, None], axis=1)
+    return fin_seq_BWN, fin_score_BW, fin_flag_BW
 
-  start = jnp.min(prompt_len_B) - 1
-  logits0_BV = jax.lax.dynamic_index_in_dim(logits_BPV, start, axis=1, keepdims=False)
-  logits0_BKV = jnp.broadcast_to(logits0_BV[:, None], (B, K, V))
-  # every slot holds the same (prompt) cache yet: nothing to copy on the first expansion.
-  carry = advance(
-    start, alive_seq, alive_logp, fin_seq, fin_score, fin_flag, cache, logits0_BKV, copy_cache=False
+  # Alive beams live in cache *slots* (row b * W + slot): their order in the state is the slot
+  # order, not the score order, so a step only copies the cache rows of beams that branched off
+  # a parent another beam also continues, instead of gathering the whole cache.
+  def advance(state: _BeamState, logits_BWV, copy_cache=True) -> _BeamState:
+    """One beam step: the token at position state.pos + 1 from the logits at state.pos."""
+    pos = state.pos + 1
+    in_prompt_B = pos < prompt_len_B
+    cand_BWV = expand(state.alive_logp_BW, logits_BWV, pos, in_prompt_B)
+    top = top_2w(cand_BWV, state.alive_seq_BWN, pos, in_prompt_B)
+    alive_seq_BWN, alive_logp_BW, cache = keep_alive(top, state.cache, pos, copy_cache)
+    fin_seq_BWN, fin_score_BW, fin_flag_BW = merge_finished(state, top)
+    return _BeamState(
+      pos, alive_seq_BWN, alive_logp_BW, fin_seq_BWN, fin_score_BW, fin_flag_BW, cache
+    )
+
+  initial = _BeamState(
+    pos=prompt.start,
+    alive_seq_BWN=jnp.broadcast_to(seq_BN[:, None], (B, W, N)),
+    # only beam 0 is live at first, so the first expansion has no duplicates.
+    alive_logp_BW=jnp.where(jnp.arange(W) == 0, 0.0, NEG_INF) * jnp.ones((B, 1), jnp.float32),
+    fin_seq_BWN=jnp.zeros((B, W, N), jnp.int32),
+    fin_score_BW=jnp.full((B, W), NEG_INF, jnp.float32),
+    fin_flag_BW=jnp.zeros((B, W), bool),
+    cache=cache,
   )
+  logits_BWV = jnp.broadcast_to(prompt.logits_BV[:, None], (B, W, V))
+  # every slot holds the same (prompt) cache yet: nothing to copy on the first expansion.
+  state = advance(initial, logits_BWV, copy_cache=False)
 
-  def cond(carry):
-    i, _, alive_logp, _, fin_score, fin_flag, _ = carry
+  def cond(state: _BeamState):
     # alpha >= 0: an alive beam can at best keep its log-prob and get the largest penalty.
-    best_alive_B = jnp.max(alive_logp, axis=1) / max_penalty
-    worst_fin_B = jnp.where(jnp.all(fin_flag, axis=1), jnp.min(fin_score, axis=1), -jnp.inf)
-    return (i < N - 1) & ~jnp.all(worst_fin_B > best_alive_B)
+    best_alive_B = jnp.max(state.alive_logp_BW, axis=1) / max_penalty
+    all_fin_B = jnp.all(state.fin_flag_BW, axis=1)
+    worst_fin_B = jnp.where(all_fin_B, jnp.min(state.fin_score_BW, axis=1), -jnp.inf)
+    return (state.pos < N - 1) & ~jnp.all(worst_fin_B > best_alive_B)
 
-  def body(carry):
-    i, alive_seq, *_, cache = carry
-    tokens_X1 = _column(alive_seq.reshape(B * K, N), i)[:, None]
-    logits_X1V, cache = step(cache, tokens_X1, i, *enc_args)
-    return advance(*carry[:-1], cache, logits_X1V.reshape(B, K, V))
+  def body(state: _BeamState):
+    tokens_R1 = _column(state.alive_seq_BWN.reshape(B * W, N), state.pos)[:, None]
+    logits_R1V, cache = prompt.step(state.cache, tokens_R1, state.pos, *step_args)
+    return advance(state._replace(cache=cache), logits_R1V.reshape(B, W, V))
 
-  i, alive_seq, alive_logp, fin_seq, fin_score, fin_flag, _ = jax.lax.while_loop(cond, body, carry)
+  state = jax.lax.while_loop(cond, body, state)
   # Every row finishes something by its last position; keep a fallback for safety.
-  none_B = ~jnp.any(fin_flag, axis=1)
-  alive_logp, best_BK = jax.lax.top_k(alive_logp, K)  # slot order -> score order
-  alive_seq = jnp.take_along_axis(alive_seq, best_BK[:, :, None], axis=1)
-  fin_seq = jnp.where(none_B[:, None, None], alive_seq, fin_seq)
-  fin_score = jnp.where(none_B[:, None], alive_logp / max_penalty, fin_score)
-  tokens = _continuation(fin_seq, prompt_len_B[:, None], L)
-  return DecodeResult(tokens, fin_score, i - start)
+  none_B = ~jnp.any(state.fin_flag_BW, axis=1)
+  alive_logp_BW, best_BW = jax.lax.top_k(state.alive_logp_BW, W)  # slot order -> score order
+  alive_seq_BWN = jnp.take_along_axis(state.alive_seq_BWN, best_BW[:, :, None], axis=1)
+  fin_seq_BWN = jnp.where(none_B[:, None, None], alive_seq_BWN, state.fin_seq_BWN)
+  fin_score_BW = jnp.where(none_B[:, None], alive_logp_BW / max_penalty, state.fin_score_BW)
+  tokens_BWL = _continuation(fin_seq_BWN, prompt_len_B[:, None], L)
+  return DecodeResult(tokens_BWL, fin_score_BW, state.pos - prompt.start)
 
 
 _beam_jit = jax.jit(
@@ -595,14 +671,14 @@ def beam_search(
 ) -> DecodeResult:
   """T5X/T2T beam search with `num_beams` alive and `num_beams` finished hypotheses.
 
-  Each step expands the alive beams into their 2K best continuations; those ending in EOS (or
+  Each step expands the alive beams into their 2W best continuations; those ending in EOS (or
   reaching `max_decode_length`) join the finished set with score log_prob / length_penalty,
-  the best K others stay alive. Stops early once no alive beam can beat the worst finished one
-  (exact for alpha >= 0). Beams are folded into the batch (B * K rows of one `decode_step`),
+  the best W others stay alive. Stops early once no alive beam can beat the worst finished one
+  (exact for alpha >= 0). Beams are folded into the batch (B * W rows of one `decode_step`),
   except the cross-attention K/V, which keep one row per example for all its beams; a step
   copies only the cache rows of beams that branched off a shared parent (see
   `_assign_slots`) rather than gathering the whole cache. Log-probs are the model's
-  (log_softmax of the logits). Returns tokens [B, K, L] and scores [B, K], best first.
+  (log_softmax of the logits). Returns tokens [B, W, L] and scores [B, W], best first.
   """
   _check_inputs(module, encoder_input_tokens, decoder_prompt_tokens, max_decode_length)
   if num_beams < 1 or alpha < 0:
@@ -696,7 +772,7 @@ def decode(
   method: 'greedy', 'sample' (temperature/top_k/top_p, needs `rng`) or 'beam'
   (num_beams/alpha). tokens are the continuation after the prompt, 0 after EOS; scores are
   summed log-probs (greedy/sample) or length-penalised log-probs (beam). With
-  `return_all_beams` beam search returns [B, K, L] and [B, K], best first.
+  `return_all_beams` beam search returns [B, W, L] and [B, W], best first.
   """
   kwargs = dict(
     encoder_input_tokens=batch.get("encoder_input_tokens"),

@@ -27,6 +27,7 @@ import numpy as np
 import seqio
 import tqdm
 
+from models import decoding
 from tasks import registry
 from trainer import data
 
@@ -76,8 +77,7 @@ def encode_features(
     for row, ids in enumerate(targets):
       targets_BT[row, : len(ids)] = ids
     # Teacher forcing: targets shifted right by one, BOS = 0 (seqio's autoregressive inputs).
-    decoder_inputs_BT = np.zeros_like(targets_BT)
-    decoder_inputs_BT[:, 1:] = targets_BT[:, :-1]
+    decoder_inputs_BT = np.array(decoding.shift_right(targets_BT))
     features.update(
       decoder_target_tokens=targets_BT,
       decoder_input_tokens=decoder_inputs_BT,

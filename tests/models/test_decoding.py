@@ -320,7 +320,7 @@ def test_beam_search_is_exact_on_a_tiny_vocabulary():
   """vocab 6, max length 4: enumerate every sequence (EOS-terminated or max-length), score it
   teacher-forced with the length penalty; with 128 beams (> the 5^3 live prefixes) beam search
   must return the exact top-128 list."""
-  V, L, K = 6, 4, 128
+  V, L, W = 6, 4, 128
   module, params = make_model(vocab=V, seed=4, head_scale=2.0)
   enc = encoder_batch(B=2, S=5, vocab=V, seed=1)
   seqs = []
@@ -338,7 +338,7 @@ def test_beam_search_is_exact_on_a_tiny_vocabulary():
     params,
     encoder_input_tokens=jnp.asarray(enc),
     max_decode_length=L,
-    num_beams=K,
+    num_beams=W,
     alpha=0.6,
   )
   # default 4 beams: not exact, but each score is the penalised log-prob of its own sequence.
@@ -353,8 +353,8 @@ def test_beam_search_is_exact_on_a_tiny_vocabulary():
     order = np.argsort(-scores, kind="stable")
     assert scores[order[0]] - scores[order[1]] > 1e-4  # a unique best
     np.testing.assert_array_equal(np.asarray(out.tokens[b, 0]), seqs[order[0]])
-    np.testing.assert_allclose(np.asarray(out.scores[b]), scores[order[:K]], atol=1e-5)
-    top = seqs[order[:K]]  # both kinds of ending compete: EOS before the limit, and the limit
+    np.testing.assert_allclose(np.asarray(out.scores[b]), scores[order[:W]], atol=1e-5)
+    top = seqs[order[:W]]  # both kinds of ending compete: EOS before the limit, and the limit
     assert (top[:, -1] != EOS).any() and (top[:, : L - 1] == EOS).any()
 
     toks = np.asarray(out4.tokens[b])
@@ -373,7 +373,7 @@ def test_beam_scores_match_teacher_forcing(architecture, scan_layers):
   teacher-forced log-prob of its tokens (this checks the beam-reordered cache), and beams are
   distinct and sorted."""
   module, params = make_model(architecture, scan_layers=scan_layers, seed=5, eos_scale=2.0)
-  L, K = 10, 4
+  L, W = 10, 4
   if architecture == "encoder_decoder":
     enc = encoder_batch(B=3, seed=2)
     prompts = [[0]] * 3
@@ -385,14 +385,14 @@ def test_beam_scores_match_teacher_forcing(architecture, scan_layers):
     module, params, batch, method="beam", max_decode_length=L, return_all_beams=True
   )
   tokens, scores = np.asarray(tokens), np.asarray(scores)
-  assert tokens.shape == (3, K, L) and scores.shape == (3, K)
+  assert tokens.shape == (3, W, L) and scores.shape == (3, W)
   assert_pad_after_eos(tokens)
-  for k in range(K):
-    lp, lengths = sequence_logprob(module, params, enc, prompts, tokens[:, k])
-    np.testing.assert_allclose(scores[:, k], lp / penalty(lengths), atol=1e-5)
+  for w in range(W):
+    lp, lengths = sequence_logprob(module, params, enc, prompts, tokens[:, w])
+    np.testing.assert_allclose(scores[:, w], lp / penalty(lengths), atol=1e-5)
   assert (np.diff(scores, axis=1) <= 1e-6).all()
   for b in range(3):
-    assert len({tuple(t) for t in tokens[b]}) == K
+    assert len({tuple(t) for t in tokens[b]}) == W
   best, best_scores = decoding.decode(module, params, batch, method="beam", max_decode_length=L)
   np.testing.assert_array_equal(np.asarray(best), tokens[:, 0])
   np.testing.assert_array_equal(np.asarray(best_scores), scores[:, 0])
@@ -407,9 +407,9 @@ def test_beam_scores_match_teacher_forcing(architecture, scan_layers):
     )
     assert int(out.num_steps) < L
     assert (np.asarray(out.tokens) == EOS).any(-1).all()
-    for k in range(K):
-      lp, lengths = sequence_logprob(module, params, enc, prompts, np.asarray(out.tokens[:, k]))
-      np.testing.assert_allclose(np.asarray(out.scores[:, k]), lp / penalty(lengths), atol=1e-5)
+    for w in range(W):
+      lp, lengths = sequence_logprob(module, params, enc, prompts, np.asarray(out.tokens[:, w]))
+      np.testing.assert_allclose(np.asarray(out.scores[:, w]), lp / penalty(lengths), atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -419,8 +419,8 @@ def test_copy_rows_copies_the_written_positions_of_each_row_exactly(dtype):
   leaves are left alone; a copied row's positions past `length` are don't-cares (whole blocks
   are copied, and decoding rewrites those positions before reading them)."""
   rng = np.random.default_rng(0)
-  R, H, N, Dh = 6, 2, 40, 3  # N > 2 blocks of _COPY_BLOCK, not a multiple of it
-  draw = lambda: rng.standard_normal((R, H, N, Dh)).astype(np.float32)
+  R, H, N, K = 6, 2, 40, 3  # N > 2 blocks of _COPY_BLOCK, not a multiple of it
+  draw = lambda: rng.standard_normal((R, H, N, K)).astype(np.float32)
   cache = {
     "layers_0": {
       "self_attention": {
