@@ -33,12 +33,12 @@ import seqio
 import tqdm
 
 import train as train_lib
-from models import checkpoint as model_checkpoint
-from models import convert, partitioning
+from models import formats, partitioning
 from models.config import T5Config
 from trainer import data as data_lib
 from trainer import infer as infer_lib
 from trainer import optimizers
+from trainer import params as params_lib
 from trainer import state as state_lib
 
 Examples = Sequence[tuple[str, str] | Mapping[str, str]]
@@ -146,13 +146,13 @@ class InteractiveModel:
     )
     param_shardings = self._shardings["params"]
     if checkpoint_path is not None:
-      params = train_lib.load_params(checkpoint_path, model_config, param_shardings)
+      params = params_lib.load_params(checkpoint_path, model_config, param_shardings)
     elif params is None:
       params, _ = partitioning.init_sharded(
         self.module, jax.random.key(seed), example, self.mesh, partitioning_rules
       )
     else:
-      convert.check_params(params, model_config, "params")
+      formats.tree.check_params(params, model_config, "params")
       params = jax.tree.map(jax.device_put, params, param_shardings)
     self._params = params
     self._opt_state = None
@@ -176,7 +176,7 @@ class InteractiveModel:
     step), an xt5 checkpoint, a Hugging Face T5 directory or a T5X checkpoint. The config
     is read from it unless given; `config_overrides` replace fields (e.g.
     `{"dtype": "float32"}`)."""
-    cfg = model_config or train_lib.read_model_config(path)
+    cfg = model_config or params_lib.read_model_config(path)
     if config_overrides:
       cfg = cfg.replace(**config_overrides)
     return cls(cfg, checkpoint_path=path, **kwargs)
@@ -463,14 +463,14 @@ class InteractiveModel:
 
   def save(self, directory: str, *, overwrite: bool = False) -> str:
     """An xt5 checkpoint (params/, config.json, model.gin) of the current params, which
-    `load`, train.py's INITIAL_CHECKPOINT_PATH and `python -m models.convert to-hf` read.
+    `load`, train.py's INITIAL_CHECKPOINT_PATH and `python -m models.formats to-hf` read.
     An existing checkpoint there is an error unless `overwrite`."""
     directory = os.path.abspath(os.path.expanduser(directory))
-    model_checkpoint.save_checkpoint(directory, self.config, self._params, force=overwrite)
+    formats.xt5.save_checkpoint(directory, self.config, self._params, force=overwrite)
     return directory
 
   def save_hf(self, hf_dir: str) -> str:
     """A Hugging Face directory that `T5ForConditionalGeneration.from_pretrained` loads."""
     hf_dir = os.path.abspath(os.path.expanduser(hf_dir))
-    convert.save_hf(self._params, self.config, hf_dir)
+    formats.hf.save_hf(self._params, self.config, hf_dir)
     return hf_dir

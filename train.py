@@ -36,18 +36,16 @@ import gin
 import jax
 import numpy as np
 
-from models import checkpoint as model_checkpoint
-from models import convert, decoding, flops, partitioning
+from models import decoding, flops, partitioning
 from models.config import T5Config
 from models.network import Transformer
 from trainer import checkpoints, data, optimizers
 from trainer import metrics as metrics_lib
+from trainer import params as params_lib
 from trainer import state as state_lib
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-CHECKPOINTS = "checkpoints"  # MODEL_DIR/checkpoints/<step>/
 CONFIG_GIN = "config.gin"  # MODEL_DIR/config.gin: the operative config
-MODEL_CONFIG_JSON = "model_config.json"  # MODEL_DIR/model_config.json: T5Config.to_dict()
 
 log = logging.getLogger("xt5")
 
@@ -86,94 +84,6 @@ def check_vocabulary(mixture_or_task_name: str, cfg: T5Config) -> None:
     vocab.check_fits(
       feature.vocabulary, cfg.vocab_size, f"{mixture_or_task_name!r} {name} vocabulary"
     )
-
-
-def _is_train_dir(path: str) -> bool:
-  return bool(checkpoints.committed_steps(os.path.join(path, CHECKPOINTS)))
-
-
-def _checkpoint_kind(path: str) -> tuple[str, str]:
-  """(absolute path, kind) of a checkpoint path: 'train' (a MODEL_DIR with committed steps),
-  'xt5', 'hf' or, for anything else, 't5x' (whose reader decides)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"checkpoint path {path} does not exist")
-  if _is_train_dir(path):
-    return path, "train"
-  if os.path.isdir(os.path.join(path, model_checkpoint.PARAMS_DIR)):
-    return path, "xt5"
-  if os.path.isfile(os.path.join(path, "config.json")):
-    return path, "hf"
-  return path, "t5x"
-
-
-def _load_t5x_tree(path: str) -> dict:
-  try:
-    return convert.load_t5x_checkpoint(path)
-  except Exception as e:
-    raise ValueError(
-      f"{path} is not a checkpoint xt5 can read: expected a training MODEL_DIR (with "
-      f"{CHECKPOINTS}/), an xt5 checkpoint (params/ + config.json), a Hugging Face "
-      f"directory (config.json + weights) or a T5X checkpoint ({e})"
-    ) from e
-
-
-def load_params(path: str, cfg: T5Config, shardings) -> Any:
-  """Params of `cfg` placed on `shardings`, from any checkpoint xt5 reads: a training
-  MODEL_DIR (its newest good step), an xt5 checkpoint (`python -m models.convert`), a Hugging
-  Face T5 directory, or a T5X checkpoint."""
-  path, kind = _checkpoint_kind(path)
-  if kind == "train":
-    with checkpoints.Checkpointer(os.path.join(path, CHECKPOINTS)) as ckpt:
-      step, params = ckpt.restore_params(_abstract(cfg, shardings))
-    log.info("params of step %d from %s", step, ckpt.directory)
-    return params
-  if kind == "xt5":
-    return model_checkpoint.load_params(path, cfg, shardings)
-  if kind == "hf":
-    _, params = convert.load_hf(path, **_layout(cfg))
-    convert.check_params(params, cfg, f"Hugging Face checkpoint {path}")
-  else:
-    params = convert.params_from_t5x(_load_t5x_tree(path), cfg)
-  return jax.tree.map(jax.device_put, params, shardings)
-
-
-def read_model_config(path: str) -> T5Config:
-  """The model config stored with a checkpoint: a training MODEL_DIR's model_config.json, an
-  xt5 checkpoint's config.json, a Hugging Face config.json, or inferred from a T5X
-  checkpoint's parameter shapes (which reads the whole T5X checkpoint once more)."""
-  path, kind = _checkpoint_kind(path)
-  if kind == "train":
-    json_path = os.path.join(path, MODEL_CONFIG_JSON)
-    if not os.path.isfile(json_path):
-      raise ValueError(
-        f"{path} has no {MODEL_CONFIG_JSON} (written by newer versions of "
-        f"train.py): pass the model config explicitly"
-      )
-    with open(json_path) as f:
-      return T5Config.from_dict(json.load(f))
-  if kind == "xt5":
-    return model_checkpoint.read_config(path)
-  if kind == "hf":
-    return convert.config_from_hf(convert.load_hf_config(path))
-  return convert.config_from_t5x(_load_t5x_tree(path))
-
-
-def _abstract(cfg: T5Config, shardings):
-  return jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, np.float32, sharding=sh),
-    convert.param_shapes(cfg),
-    shardings,
-  )
-
-
-def _layout(cfg: T5Config) -> dict:
-  return {
-    "scan_layers": cfg.scan_layers,
-    "dtype": cfg.dtype,
-    "remat_policy": cfg.remat_policy,
-    "dropout_rate": cfg.dropout_rate,
-  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,11 +392,11 @@ class _StopSignal:
 
 def _write_config(model_dir: str, model_config: T5Config) -> None:
   """The operative gin config (when gin parsed one) and the model's config, which
-  `read_model_config` gives back."""
+  `trainer.params.read_model_config` gives back."""
   if jax.process_index() != 0:
     return
   os.makedirs(model_dir, exist_ok=True)
-  with open(os.path.join(model_dir, MODEL_CONFIG_JSON), "w") as f:
+  with open(os.path.join(model_dir, params_lib.MODEL_CONFIG_JSON), "w") as f:
     json.dump(model_config.to_dict(), f, indent=2)
   text = gin.operative_config_str() if gin.config_is_locked() else ""
   if text:
@@ -601,7 +511,7 @@ def train(
   example = example_batch(converter, pack, task_feature_lengths, batch_size)
   shardings = state_lib.state_shardings(module, tx, example, mesh, partitioning_rules)
   ckpt = checkpoints.Checkpointer(
-    os.path.join(model_dir, CHECKPOINTS),
+    os.path.join(model_dir, params_lib.CHECKPOINTS),
     keep=keep_checkpoints,
     async_save=async_checkpoint,
     compress=compress_checkpoints,
@@ -616,7 +526,7 @@ def train(
   else:
     params = None
     if initial_checkpoint_path:
-      params = load_params(initial_checkpoint_path, model_config, shardings["params"])
+      params = params_lib.load_params(initial_checkpoint_path, model_config, shardings["params"])
     state = state_lib.init_state(
       module, tx, jax.random.key(seed), example, mesh, partitioning_rules, shardings, params
     )
@@ -775,7 +685,7 @@ def _params_for(
   shardings = partitioning.param_shardings(
     partitioning.abstract_params(module, example), mesh, partitioning_rules
   )
-  params = load_params(checkpoint_path, model_config, shardings)
+  params = params_lib.load_params(checkpoint_path, model_config, shardings)
   return mesh, batch_sharding, module, params, batch_size
 
 
