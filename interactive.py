@@ -31,8 +31,7 @@ import numpy as np
 import seqio
 import tqdm
 
-from models import checkpoint as model_checkpoint
-from models import convert
+from models import formats
 from models.config import T5Config
 from trainer import data as data_lib
 from trainer import evaluation, optimizers
@@ -143,7 +142,7 @@ class InteractiveModel:
     elif params is None:
       params, _ = self.placement.init_params(self.module, jax.random.key(seed), example)
     else:
-      convert.check_params(params, model_config, "params")
+      formats.tree.check_params(params, model_config, "params")
       params = jax.tree.map(jax.device_put, params, param_shardings)
     self._params = params
     self._opt_state = None
@@ -427,14 +426,14 @@ class InteractiveModel:
 
   def save(self, directory: str, *, overwrite: bool = False) -> str:
     """An xt5 checkpoint (params/, config.json, model.gin) of the current params, which
-    `load`, train.py's INITIAL_CHECKPOINT_PATH and `python -m models.convert to-hf` read.
+    `load`, train.py's INITIAL_CHECKPOINT_PATH and `python -m models.formats to-hf` read.
     An existing checkpoint there is an error unless `overwrite`."""
     directory = os.path.abspath(os.path.expanduser(directory))
-    model_checkpoint.save_checkpoint(directory, self.config, self._params, force=overwrite)
+    formats.xt5.save_checkpoint(directory, self.config, self._params, force=overwrite)
     return directory
 
   def save_hf(self, hf_dir: str) -> str:
     """A Hugging Face directory that `T5ForConditionalGeneration.from_pretrained` loads."""
     hf_dir = os.path.abspath(os.path.expanduser(hf_dir))
-    convert.save_hf(self._params, self.config, hf_dir)
+    formats.hf.save_hf(self._params, self.config, hf_dir)
     return hf_dir

@@ -3,7 +3,7 @@
   python -m bench.decode [--batch 8 --inputs 128 --new-tokens 64 --iters 3]
 
 T5.1.1-small shapes, float32 on both sides, random weights: HF's init, saved with
-`save_pretrained` by the peer process and loaded here through `models.convert.load_hf`. HF runs
+`save_pretrained` by the peer process and loaded here through `models.formats.hf.load_hf`. HF runs
 in a child process of this script (see `bench.util.PeerProcess`), its calls interleaved with
 ours. EOS is disabled on both sides (HF: `min_new_tokens`; xt5: an EOS id outside the
 vocabulary), so every run produces exactly `--new-tokens` tokens per sequence. xt5 also decodes
@@ -26,7 +26,7 @@ import numpy as np
 
 from bench.train_step import MODELS, hf_model
 from bench.util import PeerProcess, emit_json, print_table, time_interleaved
-from models import convert, decoding
+from models import decoding, formats
 from models.config import T5Config
 from models.network import Transformer
 
@@ -74,7 +74,7 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as hf_dir:
     peer = PeerProcess("bench.decode:hf_peer", model_cfg.to_dict(), hf_dir, enc_np, L, args.beams)
     try:
-      cfg, params = convert.load_hf(hf_dir)
+      cfg, params = formats.hf.load_hf(hf_dir)
       # on the device once: the converter returns (often non-contiguous) numpy arrays.
       params = jax.device_put(params)
       no_eos = cfg.vocab_size  # never generated, so every row runs the full length

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from bench.util import PeerProcess, emit_json, print_table, time_calls, time_interleaved
-from models import convert, flops, losses
+from models import flops, formats, losses
 from models.config import T5Config
 from models.network import Transformer
 from trainer import metrics, optimizers
@@ -90,7 +90,7 @@ def hf_model(cfg):
 
   torch.manual_seed(0)
   return transformers.T5ForConditionalGeneration(
-    transformers.T5Config(**convert.hf_config_dict(cfg))
+    transformers.T5Config(**formats.hf.hf_config_dict(cfg))
   )
 
 

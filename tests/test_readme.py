@@ -101,7 +101,7 @@ def test_module_commands_exist(command):
     if rest
     and not rest[0].startswith("-")
     and rest[0].islower()
-    and module in ("models.convert", "tasks.vocab", "tasks.corpora")
+    and module in ("models.formats", "tasks.vocab", "tasks.corpora")
     else []
   )
   text = _help(module, sub)
@@ -163,18 +163,18 @@ def test_python_blocks_run(tiny_run, tmp_path, monkeypatch, capsys):
 def test_convert_commands_run(tiny_run, tmp_path):
   """from-hf and to-hf, placeholders filled with a tiny model's directories."""
   from interactive import InteractiveModel
-  from models import convert
+  from models.formats import __main__ as formats_cli
 
   hf_dir = InteractiveModel.load(str(tiny_run)).save_hf(str(tmp_path / "hf"))
   paths = {"HF_DIR": hf_dir, "OUT_DIR": str(tmp_path / "xt5"), "CKPT_DIR": str(tmp_path / "xt5")}
   ran = 0
   for command in COMMANDS:
     argv = shlex.split(command)
-    if argv[2:3] == ["models.convert"] and argv[3] in ("from-hf", "to-hf"):
+    if argv[2:3] == ["models.formats"] and argv[3] in ("from-hf", "to-hf"):
       args = [paths.get(a, a) for a in argv[3:]]
       if argv[3] == "to-hf":
         args[-1] = str(tmp_path / "hf_again")
-      assert convert.main(args) == 0, command
+      assert formats_cli.main(args) == 0, command
       ran += 1
   assert ran == 2
   assert os.path.isfile(tmp_path / "hf_again" / "config.json")

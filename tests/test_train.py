@@ -16,8 +16,6 @@ import pytest
 
 import tests.copy_tasks  # noqa: F401  (registers test_copy)
 import train
-from models import checkpoint as model_checkpoint
-from models import convert
 from models.config import T5Config
 from trainer import checkpoints, loop, optimizers
 from trainer import params as params_lib
@@ -98,10 +96,8 @@ def logged(model_dir, key="train/loss"):
 
 def final_params(model_dir):
   ckpt = checkpoints.Checkpointer(os.path.join(model_dir, params_lib.CHECKPOINTS))
-  shardings = jax.tree.map(
-    lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), convert.param_shapes(TINY)
-  )
-  step, params = ckpt.restore_params(params_lib.abstract_params(TINY, shardings))
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  step, params = ckpt.restore_params(params_lib.abstract_target(TINY, sharding))
   ckpt.close()
   return step, jax.tree.map(np.asarray, params)
 
@@ -445,22 +441,6 @@ def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
   straight = tmp_path / "straight"
   run_train(straight, train_steps=6, checkpoint_period=2)
   assert logged(run) == logged(straight)  # steps 3-6 redone from step 2, identically
-
-
-def test_initial_checkpoint_from_hugging_face_and_xt5(tmp_path):
-  params = jax.tree.map(
-    lambda s: np.random.default_rng(0).normal(size=s.shape).astype(np.float32),
-    convert.param_shapes(TINY),
-  )
-  convert.save_hf(params, TINY, str(tmp_path / "hf"))
-  model_checkpoint.save_checkpoint(str(tmp_path / "xt5"), TINY, params)
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  shardings = jax.tree.map(lambda _: sharding, params)
-  for path in ("hf", "xt5"):
-    loaded = params_lib.load_params(str(tmp_path / path), TINY, shardings)
-    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), params)
-  with pytest.raises(FileNotFoundError, match="does not exist"):
-    params_lib.load_params(str(tmp_path / "nope"), TINY, shardings)
 
 
 def _free_port():

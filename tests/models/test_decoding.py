@@ -237,7 +237,7 @@ def test_greedy_decoder_only_prompts_match_no_cache_reference(scan_layers, prefi
 def test_greedy_matches_hf_generate():
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  from models import convert
+  from models.formats import hf
 
   V, L = 64, L_ENC
   hf_cfg = transformers.T5Config(
@@ -265,9 +265,9 @@ def test_greedy_matches_hf_generate():
   assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
   assert not torch.equal(model.lm_head.weight, model.shared.weight)
 
-  cfg = convert.config_from_hf(model.config, dropout_rate=0.0)
+  cfg = hf.config_from_hf(model.config, dropout_rate=0.0)
   assert not cfg.logits_via_embedding
-  params = convert.params_from_hf_state_dict(model.state_dict(), cfg)
+  params = hf.params_from_hf_state_dict(model.state_dict(), cfg)
   enc = encoder_batch(seed=3)
   with torch.no_grad():
     x = torch.tensor(enc, dtype=torch.long)

@@ -21,7 +21,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from models import checkpoint, convert, layers, losses  # noqa: E402
+from models import layers, losses  # noqa: E402
+from models.formats import __main__ as cli  # noqa: E402
+from models.formats import hf, tree, xt5  # noqa: E402
 from models.network import Transformer  # noqa: E402
 
 RTOL = 1e-5
@@ -216,16 +218,16 @@ def test_relative_position_bucket_matches_hf(bidirectional, num_buckets, max_dis
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_forward_and_loss_match_hf(family, scan_layers):
   model = reference(family)[0]
-  cfg = convert.config_from_hf(model.config, scan_layers=scan_layers)
+  cfg = hf.config_from_hf(model.config, scan_layers=scan_layers)
   kwargs = FAMILIES[family][0]
   assert cfg.logits_via_embedding == kwargs["tie_word_embeddings"]
   assert (cfg.num_encoder_layers, cfg.num_decoder_layers) == (
     kwargs["num_layers"],
     kwargs["num_decoder_layers"],
   )
-  params = convert.params_from_hf_state_dict(model.state_dict(), cfg)
+  params = hf.params_from_hf_state_dict(model.state_dict(), cfg)
   # exactly the tree (and shapes) the network initialises
-  want = jax.tree_util.tree_map(lambda s: s.shape, convert.param_shapes(cfg))
+  want = jax.tree_util.tree_map(lambda s: s.shape, tree.param_shapes(cfg))
   assert jax.tree_util.tree_map(np.shape, params) == want
   assert_matches(family, params, cfg)
 
@@ -234,10 +236,10 @@ def test_forward_and_loss_match_hf(family, scan_layers):
 def test_to_hf_reproduces_hf(family, tmp_path):
   """HF -> xt5 checkpoint on disk -> to-hf -> from_pretrained: the same weights, the same logits."""
   model, inputs, targets, _, logits_ref, _ = reference(family)
-  cfg = convert.config_from_hf(model.config, scan_layers=family == "byt5")
-  params = convert.params_from_hf_state_dict(model.state_dict(), cfg)
-  checkpoint.save_checkpoint(str(tmp_path / "xt5"), cfg, params)
-  convert.to_hf(str(tmp_path / "xt5"), str(tmp_path / "hf"))
+  cfg = hf.config_from_hf(model.config, scan_layers=family == "byt5")
+  params = hf.params_from_hf_state_dict(model.state_dict(), cfg)
+  xt5.save_checkpoint(str(tmp_path / "xt5"), cfg, params)
+  cli.to_hf(str(tmp_path / "xt5"), str(tmp_path / "hf"))
   hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert hf_cfg["decoder_start_token_id"] == 0 and hf_cfg["pad_token_id"] == 0
   assert hf_cfg["eos_token_id"] == 1
@@ -260,7 +262,7 @@ def test_to_hf_reproduces_hf(family, tmp_path):
 def _save_bin(model, directory):
   os.makedirs(directory, exist_ok=True)
   model.config.save_pretrained(directory)
-  torch.save(model.state_dict(), os.path.join(directory, convert.HF_WEIGHTS_BIN))
+  torch.save(model.state_dict(), os.path.join(directory, hf.HF_WEIGHTS_BIN))
 
 
 @pytest.mark.parametrize(
@@ -276,19 +278,17 @@ def test_cli_round_trip(family, fmt, tmp_path, capsys):
     model.save_pretrained(hf_dir, max_shard_size="20KB" if fmt == "sharded" else "50GB")
   names = os.listdir(hf_dir)
   if fmt == "sharded":
-    assert convert.HF_WEIGHTS_SAFETENSORS + ".index.json" in names
+    assert hf.HF_WEIGHTS_SAFETENSORS + ".index.json" in names
   else:
-    assert {"safetensors": convert.HF_WEIGHTS_SAFETENSORS, "bin": convert.HF_WEIGHTS_BIN}[
-      fmt
-    ] in names
+    assert {"safetensors": hf.HF_WEIGHTS_SAFETENSORS, "bin": hf.HF_WEIGHTS_BIN}[fmt] in names
 
-  assert convert.main(["from-hf", hf_dir, xt5_dir]) == 0
+  assert cli.main(["from-hf", hf_dir, xt5_dir]) == 0
   assert sorted(os.listdir(xt5_dir)) == ["config.json", "model.gin", "params"]
-  cfg, params = checkpoint.load_checkpoint(xt5_dir)
-  assert cfg == convert.config_from_hf(model.config)
+  cfg, params = xt5.load_checkpoint(xt5_dir)
+  assert cfg == hf.config_from_hf(model.config)
   assert_matches(family, params, cfg)
 
-  assert convert.main(["to-hf", xt5_dir, back_dir]) == 0
+  assert cli.main(["to-hf", xt5_dir, back_dir]) == 0
   back = transformers.T5ForConditionalGeneration.from_pretrained(back_dir).eval()
   _, logits, _ = hf_forward(back, inputs, targets)
   np.testing.assert_array_equal(logits, logits_ref)
@@ -304,7 +304,7 @@ def test_transformers5_tied_v11_model(tmp_path):
   model = transformers.T5ForConditionalGeneration(hf_cfg).eval()
   assert model.lm_head.weight is model.shared.weight and not model.config.scale_decoder_outputs
   model.save_pretrained(str(tmp_path / "hf"))
-  cfg, params = convert.load_hf(str(tmp_path / "hf"))
+  cfg, params = hf.load_hf(str(tmp_path / "hf"))
   assert not cfg.logits_via_embedding
   np.testing.assert_array_equal(
     params["decoder"]["logits_dense"], params["token_embedder"]["embedding"].T

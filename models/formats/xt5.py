@@ -1,6 +1,7 @@
-"""Saving and loading xt5 params with orbax (the minimal, params-only checkpoint).
+"""xt5's own checkpoint format: orbax params plus the config (the minimal, params-only checkpoint).
 
-Layout of an xt5 checkpoint directory (what `models.convert` writes, `save_checkpoint` here):
+Layout of an xt5 checkpoint directory (what `python -m models.formats` and `save_checkpoint`
+write):
   DIR/params/       orbax `StandardCheckpointer` checkpoint of the unboxed params tree
                     (float32, OCDBT; written to a temporary directory and renamed: atomic)
   DIR/config.json   `T5Config.to_dict()`
@@ -11,7 +12,7 @@ Layout of an xt5 checkpoint directory (what `models.convert` writes, `save_check
 naming each missing/unexpected/wrongly shaped tensor), converts between scanned and unrolled
 layer layouts when the checkpoint and `cfg.scan_layers` differ, and restores straight onto
 `shardings` when given (orbax needs the target shardings to restore onto a different device
-count; docs/design.md, Known traps).
+count; docs/design.md, Known traps). `load_checkpoint` gives (config, params) together.
 """
 
 from __future__ import annotations
@@ -23,20 +24,37 @@ from typing import Any
 import jax
 import numpy as np
 
-from models import convert
 from models.config import T5Config
+from models.formats.tree import (
+  abstract_target,
+  check_params,
+  check_tree,
+  flat_shapes,
+  flatten,
+  is_scanned,
+  sharding_tree,
+  stack_layers,
+  unflatten,
+  unfreeze,
+  unstack_layers,
+)
 
 PARAMS_DIR = "params"
 CONFIG_JSON = "config.json"
 MODEL_GIN = "model.gin"
 
 _GIN_HEADER = """\
-# xt5 model config written by models/checkpoint.py; include it or pass it with --gin_file.
+# xt5 model config written by models/formats/xt5.py; include it or pass it with --gin_file.
 from __gin__ import dynamic_registration
 from models import config as model_config
 
 MODEL_CONFIG = @model_config.T5Config()
 """
+
+
+def is_xt5_dir(path: str) -> bool:
+  """Whether `path` looks like an xt5 checkpoint directory (holds params/)."""
+  return os.path.isdir(os.path.join(path, PARAMS_DIR))
 
 
 def config_to_gin(cfg: T5Config) -> str:
@@ -60,6 +78,7 @@ def write_config_files(cfg: T5Config, directory: str):
 
 
 def read_config(directory: str) -> T5Config:
+  """The `T5Config` of DIR/config.json."""
   path = os.path.join(directory, CONFIG_JSON)
   try:
     with open(path) as f:
@@ -96,17 +115,9 @@ def _saved_shapes(path: str) -> dict[tuple[str, ...], tuple[int, ...]]:
       meta = ckptr.metadata(path)
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
-    return {p: tuple(m.shape) for p, m in convert._flatten(tree).items()}
+    return {p: tuple(m.shape) for p, m in flatten(tree).items()}
   except Exception as e:
     raise ValueError(f"cannot read xt5 checkpoint {path}: {e}") from e
-
-
-def _sharding_tree(shardings, shapes_tree):
-  if shardings is None:
-    shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  if isinstance(shardings, jax.sharding.Sharding):
-    return jax.tree_util.tree_map(lambda _: shardings, shapes_tree)
-  return shardings
 
 
 def load_params(directory: str, cfg: T5Config, shardings: Any = None):
@@ -121,38 +132,28 @@ def load_params(directory: str, cfg: T5Config, shardings: Any = None):
   if not os.path.isdir(path):
     raise FileNotFoundError(f"no xt5 checkpoint at {path}")
   saved = _saved_shapes(path)
-  saved_scanned = convert.is_scanned(convert._unflatten(saved))
-  saved_cfg = cfg.replace(scan_layers=saved_scanned)
-  expected = convert.param_shapes(saved_cfg)
-  convert._check_tree(
-    saved,
-    {p: tuple(s.shape) for p, s in convert._flatten(expected).items()},
-    f"xt5 checkpoint {path}",
-  )
-  want = convert.param_shapes(cfg)
-  shardings = _sharding_tree(shardings, want)
+  saved_scanned = is_scanned(unflatten(saved))
+  check_tree(saved, flat_shapes(cfg.replace(scan_layers=saved_scanned)), f"xt5 checkpoint {path}")
+  shardings = sharding_tree(shardings, cfg)
   try:
     if saved_scanned == cfg.scan_layers:  # straight onto the target shardings
-      target = jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, np.float32, sharding=sh), want, shardings
-      )
       with ocp.StandardCheckpointer() as ckptr:
-        return convert._unfreeze(ckptr.restore(path, target))
+        return unfreeze(ckptr.restore(path, abstract_target(cfg, shardings)))
     # the other layer layout: restore as numpy, restack, then place
-    as_numpy = convert._unflatten(
+    as_numpy = unflatten(
       {p: ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32) for p in saved}
     )
-    host = convert._unfreeze(ocp.PyTreeCheckpointer().restore(path, restore_args=as_numpy))
+    host = unfreeze(ocp.PyTreeCheckpointer().restore(path, restore_args=as_numpy))
   except Exception as e:
     raise ValueError(f"cannot read xt5 checkpoint {path}: {e}") from e
   host = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), host)
-  host = convert.stack_layers(host) if cfg.scan_layers else convert.unstack_layers(host)
+  host = stack_layers(host) if cfg.scan_layers else unstack_layers(host)
   return jax.tree_util.tree_map(jax.device_put, host, shardings)
 
 
 def save_checkpoint(directory: str, cfg: T5Config, params, *, force: bool = False):
   """DIR/params (orbax), DIR/config.json and DIR/model.gin; params checked against `cfg`."""
-  convert.check_params(params, cfg, "params to save")
+  check_params(params, cfg, "params to save")
   os.makedirs(directory, exist_ok=True)
   save_params(params, os.path.join(directory, PARAMS_DIR), force=force)
   write_config_files(cfg, directory)
