@@ -1,8 +1,9 @@
 """xt5's data half: seqio Tasks and Mixtures, vocabularies, preprocessors, metrics, corpora.
 
 Importing `tasks` registers every task and mixture (`tasks.builtin`: the built-in corpora;
-`tasks.tfds_tasks`: mC4 and WMT). It knows nothing of JAX models: `tasks.get_dataset` yields
-batches in seqio's feature-converter format, which `models/` consumes.
+`tasks.tfds_tasks`: mC4 and WMT); `tasks.pairs_task` registers one over your own files of
+(input, target) pairs (`tasks.pair_files`). It knows nothing of JAX models: `tasks.get_dataset`
+yields batches in seqio's feature-converter format, which `models/` consumes.
 """
 
 import tensorflow as tf
@@ -12,6 +13,7 @@ import tensorflow as tf
 tf.config.set_visible_devices([], "GPU")
 
 from tasks import builtin, tfds_tasks  # noqa: E402
+from tasks.pair_files import BadLineError, pairs_task
 from tasks.pipeline import EmptyDatasetError, as_numpy, feature_converter, get_dataset
 from tasks.registry import (
   UnknownTaskError,
@@ -25,6 +27,7 @@ builtin.register()
 tfds_tasks.register()
 
 __all__ = [
+  "BadLineError",
   "EmptyDatasetError",
   "UnknownTaskError",
   "add_examples_task",
@@ -34,4 +37,5 @@ __all__ = [
   "get",
   "get_dataset",
   "mixing_proportions",
+  "pairs_task",
 ]
