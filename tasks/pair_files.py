@@ -161,7 +161,9 @@ def check_file(path: str, line_format: LineFormat, skip_bad_lines: bool) -> File
   check = FileCheck(path, good, tuple(bad))
   if bad and not skip_bad_lines:
     number, problem = bad[0]
-    more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
+    more = (
+      f" (and {len(bad) - 1} more bad line{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+    )
     raise BadLineError(
       f"{path}:{number}: {problem}{more}. Fix the line, or pass skip_bad_lines=True to skip "
       "bad lines (--gin.tasks.pairs_task.skip_bad_lines=True)."
@@ -192,10 +194,12 @@ class PairFilesSource(seqio.DataSource):
     files: Mapping[str, Sequence[str]],
     line_formats: Mapping[str, LineFormat],
     sizes: Mapping[str, int],
+    skip_bad_lines: bool = False,
   ):
     super().__init__(splits=list(files), num_input_examples=dict(sizes))
     self.files = {split: tuple(paths) for split, paths in files.items()}
     self.line_formats = dict(line_formats)  # path -> its format
+    self.skip_bad_lines = skip_bad_lines
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -206,9 +210,11 @@ class PairFilesSource(seqio.DataSource):
 
   def pairs(self, paths: Sequence[str]) -> Iterator[dict[str, str]]:
     for path in paths:
-      for _, item in read_lines(path, self.line_formats[path]):
-        if not isinstance(item, str):  # bad lines were refused or counted at registration
+      for number, item in read_lines(path, self.line_formats[path]):
+        if not isinstance(item, str):
           yield {"inputs": item[0], "targets": item[1]}
+        elif not self.skip_bad_lines:  # counted at registration; here only if the file changed
+          raise BadLineError(f"{path}:{number}: {item} (the file changed after registration)")
 
   def get_dataset(
     self,
@@ -373,7 +379,7 @@ def pairs_task(
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
     name,
-    source=PairFilesSource(files, line_formats, sizes),
+    source=PairFilesSource(files, line_formats, sizes, skip_bad_lines),
     preprocessors=[
       functools.partial(preprocessors.add_prefix, prefix=prefix),
       seqio.preprocessors.tokenize,

@@ -219,3 +219,11 @@ def test_get_dataset_yields_batches(tmp_path):
     "train", shuffle=False, shard_info=seqio.ShardInfo(index=1, num_shards=2)
   )
   assert [e["inputs"] for e in sharded.as_numpy_iterator()] == [PAIRS[1][0].encode()] * 4
+
+
+def test_a_file_that_turns_bad_after_registration_is_refused_when_read(tmp_path):
+  path = tmp_path / "train.tsv"
+  name = tasks.pairs_task(train=write_tsv(path), vocabulary="byt5")
+  path.write_bytes(b"a\tb\nno tab\n")
+  with pytest.raises(Exception, match=r"train.tsv:2: expected 2 .* changed after registration"):
+    examples(name)
