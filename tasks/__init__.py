@@ -1,9 +1,10 @@
 """xt5's data half: seqio Tasks and Mixtures, vocabularies, preprocessors, metrics, corpora.
 
 Importing `tasks` registers every task and mixture (`tasks.builtin`: the built-in corpora;
-`tasks.tfds_tasks`: mC4 and WMT; a gin run can add UniMax variants with `tasks.unimax_mixture`).
-It knows nothing of JAX models: `tasks.get_dataset` yields batches in seqio's feature-converter
-format, which `models/` consumes.
+`tasks.tfds_tasks`: mC4 and WMT; a gin run can add UniMax variants with `tasks.unimax_mixture`);
+`tasks.pairs_task` registers one over your own files of (input, target) pairs
+(`tasks.pair_files`). It knows nothing of JAX models: `tasks.get_dataset` yields batches in
+seqio's feature-converter format, which `models/` consumes.
 """
 
 import tensorflow as tf
@@ -13,6 +14,7 @@ import tensorflow as tf
 tf.config.set_visible_devices([], "GPU")
 
 from tasks import builtin, tfds_tasks  # noqa: E402
+from tasks.pair_files import BadLineError, pairs_task
 from tasks.pipeline import EmptyDatasetError, as_numpy, feature_converter, get_dataset
 from tasks.registry import (
   UnknownTaskError,
@@ -27,6 +29,7 @@ builtin.register()
 tfds_tasks.register()
 
 __all__ = [
+  "BadLineError",
   "EmptyDatasetError",
   "UnknownTaskError",
   "add_examples_task",
@@ -36,6 +39,7 @@ __all__ = [
   "get",
   "get_dataset",
   "mixing_proportions",
+  "pairs_task",
   "unimax_budget",
   "unimax_mixture",
 ]

@@ -1,4 +1,4 @@
-"""seqio metric functions for translation: sacrebleu's corpus BLEU and chrF."""
+"""seqio metric functions: sacrebleu's corpus BLEU and chrF (translation), exact match."""
 
 from __future__ import annotations
 
@@ -38,3 +38,11 @@ def chrf(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]
 def translation_metrics(target_language: str) -> list:
   """BLEU with the target language's tokenizer, and chrF."""
   return [functools.partial(bleu, tokenize=bleu_tokenizer(target_language)), chrf]
+
+
+def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+  """Sequence accuracy (0–100): the share of predictions equal to their target (classification,
+  short answers). Named `exact_match`, as the teacher-forced eval already reports a per-token
+  `accuracy` under the task's name."""
+  pairs = list(zip(_as_str(targets), _as_str(predictions), strict=True))
+  return {"exact_match": 100.0 * sum(t == p for t, p in pairs) / len(pairs) if pairs else 0.0}

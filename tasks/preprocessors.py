@@ -1,4 +1,4 @@
-"""Text-level seqio preprocessors: cleaning raw documents, translation prompts.
+"""Text-level seqio preprocessors: cleaning raw documents, translation prompts, task prefixes.
 
 The token-level objectives (span corruption, prefix LM, LM) live in `tasks.span_corruption`.
 """
@@ -110,3 +110,12 @@ def translate(
     )
   )
   return dataset.map(lambda x: {"inputs": x["inputs"], "targets": x["targets"]})
+
+
+def add_prefix(dataset: tf.data.Dataset, prefix: str, key: str = "inputs") -> tf.data.Dataset:
+  """T5's task prefix: `prefix` prepended to each example's `key` text ("summarize: ...")."""
+  if not prefix:
+    return dataset
+  return dataset.map(
+    lambda x: {**x, key: tf.strings.join([prefix, x[key]])}, num_parallel_calls=tf.data.AUTOTUNE
+  )

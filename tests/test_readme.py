@@ -40,6 +40,12 @@ def blocks(language):
   return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
+def python_block(marker):
+  """The one ```python block that contains `marker`."""
+  (block,) = [b for b in blocks("python") if marker in b]
+  return block
+
+
 def shell_commands():
   """Commands of the ```sh blocks (continuations joined, comments dropped) and inline ones."""
   out = []
@@ -146,7 +152,7 @@ def tiny_run(tmp_path_factory, builtin_data):
 
 
 def test_python_blocks_run(tiny_run, tmp_path, monkeypatch, capsys):
-  tour, functions = blocks("python")
+  tour, functions = python_block("model.translate("), python_block("Transformer(cfg)")
   monkeypatch.chdir(tmp_path)
   tour = tour.replace('"runs/quickstart_de"', repr(str(tmp_path / "de"))).replace(
     '"runs/quickstart"', repr(str(tiny_run))
@@ -158,6 +164,18 @@ def test_python_blocks_run(tiny_run, tmp_path, monkeypatch, capsys):
   namespace = {}
   exec(compile(functions, "README functions", "exec"), namespace)
   assert namespace["tokens_BL"].shape == (8, 16) and float(namespace["loss"]) > 0
+
+
+def test_own_data_block_runs(tiny_run, tmp_path, monkeypatch, capsys):
+  """The recipe's Python call, on a train.tsv and dev.tsv written here."""
+  block = python_block("tasks.pairs_task(")
+  monkeypatch.chdir(tmp_path)
+  pairs = "Open the file.\tÖffnen Sie die Datei.\nPrint the page.\tDrucken Sie die Seite.\n"
+  for name in ("train.tsv", "dev.tsv"):
+    (tmp_path / name).write_text(pairs, encoding="utf-8")
+  block = block.replace("steps=20", "steps=2").replace('"runs/quickstart"', repr(str(tiny_run)))
+  exec(compile(block, "README own data", "exec"), {})
+  assert re.search(r"'pairs_\w+/bleu'", capsys.readouterr().out)
 
 
 def test_convert_commands_run(tiny_run, tmp_path):

@@ -18,6 +18,7 @@ from tasks import corpora
 EXTRA_IDS = 100
 BUILTIN_VOCAB_SIZE = 8192  # small enough for the CPU quickstart's softmax, covers ~480 languages
 MT5_VOCAB_URL = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
+T5_VOCAB_URL = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 
 
 class VocabularyNotFoundError(FileNotFoundError):
@@ -81,6 +82,21 @@ def mt5_vocabulary() -> SentencePieceFileVocabulary:
   return SentencePieceFileVocabulary(
     mt5_vocabulary_path(),
     f"Copy mT5's vocabulary ({MT5_VOCAB_URL}) there or point $XT5_MT5_VOCAB at it.",
+  )
+
+
+def t5_vocabulary_path() -> Path:
+  default = corpora.data_dir() / "vocab" / "cc_all.32000.100extra" / "sentencepiece.model"
+  return Path(os.environ.get("XT5_T5_VOCAB", default))
+
+
+def t5_vocabulary() -> SentencePieceFileVocabulary:
+  """T5's (and T5.1.1's) English 32k vocabulary (32100 ids). Not downloadable here: copy it in
+  (a Hugging Face T5 directory's `spiece.model` holds the same vocabulary)."""
+  return SentencePieceFileVocabulary(
+    t5_vocabulary_path(),
+    f"Copy T5's vocabulary ({T5_VOCAB_URL}, or a Hugging Face T5 directory's spiece.model) "
+    "there or point $XT5_T5_VOCAB at it.",
   )
 
 
