@@ -412,7 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except USER_ERRORS as e:
     # the user's mistakes (settings, tasks, lengths, paths, checkpoints, vocabularies, batch
     # sizes): one line; anything else keeps its traceback
-    print(f"xt5: error: {e}", file=sys.stderr)
+    # gin appends "In call to configurable ..." lines to errors raised under a binding
+    message = str(e).split("\n  In call to configurable")[0]
+    print(f"xt5: error: {message}", file=sys.stderr)
     return 2 if isinstance(e, ConfigError) else 1
   if isinstance(result, dict) and jax.process_index() == 0:
     print(json.dumps({k: round(v, 4) for k, v in sorted(result.items())}))

@@ -275,8 +275,10 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys, flags, expected):
   gin_file = write_gin(tmp_path)
   argv = [f"--gin_file={gin_file}", f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.TRAIN_STEPS=3"]
   assert train.main(argv + flags) != 0
-  errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("xt5: error")]
+  err = capsys.readouterr().err
+  errors = [line for line in err.splitlines() if line.startswith("xt5: error")]
   assert len(errors) == 1 and expected in errors[0], errors
+  assert "In call to configurable" not in err and "Traceback" not in err
 
 
 def test_tasks_from_the_users_own_module(tmp_path, monkeypatch, capsys):
