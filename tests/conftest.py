@@ -5,6 +5,7 @@ pytest imports this before any test module, so the environment below is in place
 """
 
 import os
+import tempfile
 
 import pytest
 
@@ -20,6 +21,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never download: Hugging Face models/tokenizers are built locally by the tests themselves.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# mT5's real vocabulary cannot be downloaded here; the mc4/WMT task tests run their definitions with
+# a small SentencePiece model trained on synthetic text (tests/tasks/conftest.py) at this path. Set
+# before any test module imports `tasks`, which registers the mc4 tasks with the path it reads.
+os.environ.setdefault(
+  "XT5_MT5_VOCAB",
+  os.path.join(tempfile.gettempdir(), f"xt5-test-mt5-vocab-{os.getuid()}", "sentencepiece.model"),
+)
 
 
 @pytest.fixture(scope="session")

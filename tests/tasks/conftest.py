@@ -66,14 +66,6 @@ def make_text_task():
   return register_text_task
 
 
-# mT5's real vocabulary cannot be downloaded here; the mc4/WMT task tests run their definitions with
-# a small SentencePiece model trained on synthetic text, at the path the tasks look up.
-_MT5_STANDIN = (
-  Path(tempfile.gettempdir()) / f"xt5-test-mt5-vocab-{os.getuid()}" / "sentencepiece.model"
-)
-os.environ.setdefault("XT5_MT5_VOCAB", str(_MT5_STANDIN))
-
-
 @pytest.fixture(scope="session")
 def mt5_standin_vocab():
   """Trains the stand-in once per machine (atomic rename: xdist workers may race)."""

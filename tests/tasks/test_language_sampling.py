@@ -16,7 +16,7 @@ import seqio
 import tensorflow as tf
 
 import tasks
-from tasks import builtin, corpora, registry, tfds_tasks, unimax
+from tasks import builtin, corpora, parts, registry, tfds_tasks, unimax
 from tasks import language_sampling as ls
 from tasks.preprocessors import clean_documents
 
@@ -276,7 +276,7 @@ def test_registered_mc4_unimax_mixtures(monkeypatch):
     assert [t.name for t in mixture.tasks] == [t.name for t in tasks.get(prefix).tasks]
   # seqio's rates under made-up per-language document counts (the real ones need mC4 prepared).
   counts = {
-    f"mc4.{builtin.task_suffix(lang)}": 1000 * (i + 1)
+    f"mc4.{parts.task_suffix(lang)}": 1000 * (i + 1)
     for i, lang in enumerate(tfds_tasks.MC4_LANGUAGES)
   }
   monkeypatch.setattr(seqio.Task, "num_input_examples", lambda self, split: counts[self.name])
