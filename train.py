@@ -72,7 +72,7 @@ def train(
   task_feature_lengths: Mapping[str, int],
   train_steps: int,
   batch_size: int,
-  converter: str = "encoder_decoder",
+  converter: str | None = None,
   pack: bool = True,
   seed: int = 0,
   optimizer: Callable = optimizers.adafactor,
@@ -101,7 +101,12 @@ def train(
   show_progress: bool = True,
 ) -> dict[str, float]:
   """Trains until `train_steps` (resuming from MODEL_DIR's newest checkpoint); returns the
-  final evaluation metrics (or the last train metrics when evaluation is off)."""
+  final evaluation metrics (or the last train metrics when evaluation is off).
+
+  `converter` (seqio's feature converter, for this job and `evaluate` / `infer`): None picks
+  the architecture's, 'encoder_decoder' or 'decoder_only' (seqio's DecoderFeatureConverter:
+  prefix-LM features of a task with inputs, LM features of a targets-only task); 'prefix_lm'
+  insists on inputs."""
   return loop_lib.train(
     model_dir=model_dir,
     model_config=model_config,
@@ -145,7 +150,7 @@ def evaluate(
   batch_size: int,
   output_dir: str,
   split: str = "validation",
-  converter: str = "encoder_decoder",
+  converter: str | None = None,
   pack: bool = True,
   eval_batches: int | None = None,
   infer_eval_examples: int | None = None,
@@ -190,6 +195,7 @@ def infer(
   vocabulary=None,
   mode: str = "predict",
   max_examples: int | None = None,
+  converter: str | None = None,
   decode_method: str = "greedy",
   num_beams: int = 4,
   alpha: float = 0.6,
@@ -213,6 +219,7 @@ def infer(
     vocabulary=vocabulary,
     mode=mode,
     max_examples=max_examples,
+    converter=converter,
     decode=DecodeConfig(decode_method, num_beams, alpha),
     mesh_shape=mesh_shape,
     partitioning_rules=partitioning_rules,
