@@ -71,8 +71,12 @@ def encode_features(
     raise ValueError(f"{len(inputs)} examples do not fit a batch of {batch_size}")
   if targets is not None and targets_length is None:
     raise ValueError("encode_features needs targets_length when targets are given")
-  if converter != "encoder_decoder":
+  if converter in ("decoder_only", "prefix_lm"):
     return prefix_lm_features(inputs, inputs_length, batch_size, targets, targets_length)
+  if converter != "encoder_decoder":
+    raise ValueError(
+      f"unknown converter {converter!r}; expected 'encoder_decoder', 'decoder_only' or 'prefix_lm'"
+    )
   encoder_BS = np.zeros((batch_size, inputs_length), np.int32)
   for row, ids in enumerate(inputs):
     encoder_BS[row, : len(ids)] = ids
