@@ -11,6 +11,11 @@ is what a training run does.
     history = model.train("translate_en_de", steps=100)          # or [(input, target), ...]
     model.evaluate("translate_en_de", max_examples=64)           # {"translate_en_de/bleu": ...}
     model.save("runs/finetuned")                                 # an xt5 checkpoint
+
+Decoder-only configs (`architecture='decoder_only'`) work the same: inputs are the prompt, and
+predictions its continuation (`trainer.predict`). `converter` picks the seqio feature converter
+they train on: 'decoder_only' (the default) or 'prefix_lm', the same features for (input,
+target) pairs.
 """
 
 from __future__ import annotations
@@ -83,7 +88,8 @@ def _language_name(language: str) -> str:
 
 
 class InteractiveModel:
-  """A T5-family encoder-decoder model and its train state, on a mesh, in memory.
+  """A T5-family model (encoder-decoder or decoder-only) and its train state, on a mesh, in
+  memory.
 
   Params come from a checkpoint (`load`) or a fresh init. Decoding, scoring and evaluation
   use the current params; `train` updates them (the optimizer state is created on first use
@@ -108,18 +114,17 @@ class InteractiveModel:
     loss_normalizing_factor="per_token",
     mesh_shape: Mapping[str, int] | None = None,
     partitioning_rules: str | Sequence = "data_parallel",
+    converter: str | None = None,
     seed: int = 0,
   ):
     """`params` (a pytree in the config's layout) or `checkpoint_path`, else a random init
     from `seed`. `vocabulary`: a seqio vocabulary, or a task whose inputs vocabulary to use
     (default: the one `model_config.vocab_size` implies). `task_feature_lengths` and
     `batch_size` are the defaults of every call; `optimizer`, `learning_rate` (default: the
-    finetuning constant 1e-3) and the loss options are those of `train`."""
-    if model_config.architecture != "encoder_decoder":
-      raise ValueError(
-        f"InteractiveModel handles encoder-decoder models; this config is "
-        f"{model_config.architecture!r} (train it with train.train)"
-      )
+    finetuning constant 1e-3) and the loss options are those of `train`. `converter`: the
+    seqio feature converter of every call, by default the architecture's ('encoder_decoder';
+    'decoder_only' for decoder-only configs, which may also take 'prefix_lm')."""
+    self.converter = mesh_lib.model_converter(model_config, converter)
     if params is not None and checkpoint_path is not None:
       raise ValueError("pass params or checkpoint_path, not both")
     logging.getLogger("absl").addFilter(_drop_in_memory_task_notes)  # once per process
@@ -197,9 +202,8 @@ class InteractiveModel:
   def _round(self, batch_size: int) -> int:
     return self.placement.round_batch_size(batch_size)
 
-  @staticmethod
-  def _example(task_feature_lengths, batch_size):
-    return mesh_lib.example_batch("encoder_decoder", True, task_feature_lengths, batch_size)
+  def _example(self, task_feature_lengths, batch_size):
+    return mesh_lib.example_batch(self.converter, True, task_feature_lengths, batch_size)
 
   @property
   def params(self):
@@ -259,6 +263,7 @@ class InteractiveModel:
       self._params,
       self.placement,
       max_decode_length=max_decode_length or lengths["targets"],
+      prompt_length=predict_lib.prompt_length(lengths),
       decode=predict_lib.DecodeConfig(method, num_beams, alpha, temperature, top_k, top_p),
       seed=self.seed if seed is None else seed,
     )
@@ -268,6 +273,7 @@ class InteractiveModel:
       lengths["inputs"],
       self._round(batch_size or self.batch_size),
       predict_fn,
+      converter=self.converter,
     )
     if return_scores:
       return [(r["prediction"], r["score"]) for r in records]
@@ -303,6 +309,7 @@ class InteractiveModel:
       score_fn=score_fn,
       mode="score",
       targets_length=lengths["targets"],
+      converter=self.converter,
     )
     return np.array([r["score"] for r in records], np.float32)
 
@@ -343,7 +350,7 @@ class InteractiveModel:
     batch_size = batch_size or self.batch_size
     mesh_lib.check_batch_size(batch_size, 1, self.placement)
     config = data_lib.DatasetConfig(
-      name, lengths, "train", batch_size, "encoder_decoder", pack, True, self.seed
+      name, lengths, "train", batch_size, self.converter, pack, True, self.seed
     )
     key = (name, tuple(sorted(lengths.items())), batch_size, pack)
     if key not in self._streams:
@@ -399,7 +406,13 @@ class InteractiveModel:
     key = (name, split, tuple(sorted(lengths.items())), batch_size, max_examples)
     if key not in self._evaluators:  # caches the split's examples, so build once
       self._evaluators[key] = evaluation.make_inference_evaluator(
-        name, split, lengths, batch_size, max_examples=max_examples, seed=self.seed
+        name,
+        split,
+        lengths,
+        batch_size,
+        converter=self.converter,
+        max_examples=max_examples,
+        seed=self.seed,
       )
     if self._eval_step is None:
       self._eval_step = self.placement.jit(
@@ -415,6 +428,7 @@ class InteractiveModel:
       split=split,
       task_feature_lengths=lengths,
       batch_size=batch_size,
+      converter=self.converter,
       eval_batches=eval_batches,
       decode=predict_lib.DecodeConfig(method, num_beams, alpha),
       seed=self.seed,

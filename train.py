@@ -92,7 +92,7 @@ def train(
   train_steps: int,
   batch_size: int,
   mixture_or_task_module: str | None = None,
-  converter: str = "encoder_decoder",
+  converter: str | None = None,
   pack: bool = True,
   seed: int = 0,
   optimizer: Callable = optimizers.adafactor,
@@ -121,7 +121,13 @@ def train(
   show_progress: bool = True,
 ) -> dict[str, float]:
   """Trains until `train_steps` (resuming from MODEL_DIR's newest checkpoint); returns the
-  final evaluation metrics (or the last train metrics when evaluation is off)."""
+  final evaluation metrics (or the last train metrics when evaluation is off).
+
+  `converter` (seqio's feature converter, for this job and `evaluate` / `infer`): None picks
+  the architecture's, 'encoder_decoder' or 'decoder_only' (seqio's DecoderFeatureConverter:
+  prefix-LM features of a task with inputs, LM features of a targets-only task); 'prefix_lm'
+  insists on inputs.
+  """
   import_task_module(mixture_or_task_module)
   return loop_lib.train(
     model_dir=model_dir,
@@ -167,7 +173,7 @@ def evaluate(
   output_dir: str,
   mixture_or_task_module: str | None = None,
   split: str = "validation",
-  converter: str = "encoder_decoder",
+  converter: str | None = None,
   pack: bool = True,
   eval_batches: int | None = None,
   infer_eval_examples: int | None = None,
@@ -214,6 +220,7 @@ def infer(
   vocabulary=None,
   mode: str = "predict",
   max_examples: int | None = None,
+  converter: str | None = None,
   decode_method: str = "greedy",
   num_beams: int = 4,
   alpha: float = 0.6,
@@ -238,6 +245,7 @@ def infer(
     vocabulary=vocabulary,
     mode=mode,
     max_examples=max_examples,
+    converter=converter,
     decode=DecodeConfig(decode_method, num_beams, alpha),
     mesh_shape=mesh_shape,
     partitioning_rules=partitioning_rules,

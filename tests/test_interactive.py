@@ -155,8 +155,8 @@ def test_clear_errors(trained):
   _, model, _ = trained
   with pytest.raises(KeyError, match="test_copy"):
     model.train("test_cpy", 1)
-  with pytest.raises(ValueError, match="encoder-decoder"):
-    InteractiveModel(TINY.replace(architecture="decoder_only"))
+  with pytest.raises(ValueError, match="cannot read 'prefix_lm' features"):
+    InteractiveModel(TINY, converter="prefix_lm")
   with pytest.raises(ValueError, match="no known vocabulary has vocab_size 1000"):
     InteractiveModel(TINY.replace(vocab_size=1000))
   with pytest.raises(ValueError, match="vocab_size"):

@@ -63,7 +63,7 @@ class DatasetConfig:
   task_feature_lengths: Mapping[str, int]
   split: str = "train"
   batch_size: int = 128  # global, over all processes
-  converter: str = "encoder_decoder"
+  converter: str | None = "encoder_decoder"  # None: the model's (trainer.mesh.model_converter)
   pack: bool = True
   shuffle: bool = True
   seed: int = 0

@@ -5,8 +5,12 @@
                                    log_dir="runs/x/inference_eval")
     metrics = evaluator.evaluate(step, predict_fn)   # {"translate_en_de/bleu": 12.3, ...}
 
-The split is read and cached once, at construction; each `evaluate` decodes it with the model
+The split is read and cached once, at construction, as the unpacked features of the model's
+feature converter (`converter`: seqio's EncDecFeatureConverter, or for a decoder-only model its
+DecoderFeatureConverter / PrefixLMFeatureConverter); each `evaluate` decodes it with the model
 callables of `trainer.infer` (fixed-size numpy batches, the last one padded with zero rows).
+A decoder-only model's predictions are its continuations of the prompt (`trainer.predict`), so
+the metrics are the same as an encoder-decoder model's.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import seqio
 import tensorflow as tf
 import tqdm
 
-from tasks import registry
+from tasks import pipeline, registry
 from trainer import data, infer
 from trainer import mesh as mesh_lib
 from trainer import metrics as metrics_lib
@@ -65,13 +69,15 @@ class InferenceEvaluator:
     task_feature_lengths: Mapping[str, int],
     batch_size: int,
     *,
+    converter: str = "encoder_decoder",
     log_dir: str | None = None,
     max_examples: int | None = None,
     seed: int = 0,
   ):
     """Reads and caches `split` of the task (or of each task of the mixture) that has
-    metric_fns; `max_examples` caps each task. With `log_dir`, seqio's TensorBoard and JSON
-    loggers write metrics and each step's inference outputs under it."""
+    metric_fns, as `converter`'s unpacked features; `max_examples` caps each task. With
+    `log_dir`, seqio's TensorBoard and JSON loggers write metrics and each step's inference
+    outputs under it."""
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_examples is not None and max_examples < 1:
@@ -92,7 +98,7 @@ class InferenceEvaluator:
     self.batch_size = batch_size
     self._evaluator = seqio.Evaluator(
       mixture_or_task_name,
-      feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      feature_converter=pipeline.feature_converter(converter, pack=False),
       eval_split=split,
       seed=seed,
       sequence_length=dict(task_feature_lengths),
@@ -233,15 +239,15 @@ def make_inference_evaluator(
   max_examples: int | None = None,
   seed: int = 0,
 ) -> InferenceEvaluator | None:
-  """A seqio-backed evaluator of `name`'s tasks with metrics, or None when there are none
-  (or the model is decoder-only, which inference evaluation does not support yet)."""
-  if converter != "encoder_decoder" or not eval_tasks(mixture_or_task_name, split, True):
+  """A seqio-backed evaluator of `name`'s tasks with metrics, or None when there are none."""
+  if not eval_tasks(mixture_or_task_name, split, True):
     return None
   return InferenceEvaluator(
     mixture_or_task_name,
     split,
     task_feature_lengths,
     batch_size,
+    converter=converter,
     log_dir=log_dir,
     max_examples=max_examples,
     seed=seed,
@@ -286,6 +292,7 @@ def evaluate_params(
       params,
       placement,
       max_decode_length=task_feature_lengths["targets"],
+      prompt_length=predict_lib.prompt_length(task_feature_lengths),
       decode=decode,
       seed=seed,
     )
@@ -303,7 +310,7 @@ def evaluate_checkpoint(
   batch_size: int,
   output_dir: str,
   split: str = "validation",
-  converter: str = "encoder_decoder",
+  converter: str | None = None,
   pack: bool = True,
   eval_batches: int | None = None,
   infer_eval_examples: int | None = None,
@@ -313,7 +320,9 @@ def evaluate_checkpoint(
   seed: int = 0,
 ) -> dict[str, float]:
   """Teacher-forced and inference metrics of a checkpoint; written to
-  OUTPUT_DIR/eval_metrics.json and TensorBoard."""
+  OUTPUT_DIR/eval_metrics.json and TensorBoard. `converter`: the model's feature converter
+  (default: its architecture's, see `trainer.mesh.model_converter`)."""
+  converter = mesh_lib.model_converter(model_config, converter)
   mesh_lib.check_positive(
     batch_size=batch_size, eval_batches=eval_batches, infer_eval_examples=infer_eval_examples
   )

@@ -33,8 +33,9 @@ from trainer import data
 
 logger = logging.getLogger(__name__)
 
-# Batch of seqio EncDecFeatureConverter(pack=False) features -> (tokens [B, L] int32, 0-padded
-# after EOS; scores [B] float32).
+# Batch of the model's seqio converter features, unpacked (EncDecFeatureConverter for an
+# encoder-decoder model, PrefixLMFeatureConverter for a decoder-only one) -> (tokens [B, L] int32,
+# 0-padded after EOS; scores [B] float32).
 PredictFn = Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
 # Same batch with the decoder features -> [B] float32 summed log-likelihood of the targets.
 ScoreFn = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -61,18 +62,27 @@ def encode_features(
   batch_size: int,
   targets: Sequence[Sequence[int]] | None = None,
   targets_length: int | None = None,
+  converter: str = "encoder_decoder",
 ) -> dict[str, np.ndarray]:
-  """seqio's EncDecFeatureConverter(pack=False) features of already-truncated token lists,
-  zero-padded to `batch_size` rows (decoder features only when `targets` are given)."""
+  """The unpacked features of seqio's `converter` ('encoder_decoder', or 'decoder_only' /
+  'prefix_lm', which make the same features of inputs and targets) of already-truncated token
+  lists, zero-padded to `batch_size` rows. Encoder-decoder: decoder features only when
+  `targets` are given. Decoder-only: see `prefix_lm_features`."""
   if len(inputs) > batch_size:
     raise ValueError(f"{len(inputs)} examples do not fit a batch of {batch_size}")
+  if targets is not None and targets_length is None:
+    raise ValueError("encode_features needs targets_length when targets are given")
+  if converter in ("decoder_only", "prefix_lm"):
+    return prefix_lm_features(inputs, inputs_length, batch_size, targets, targets_length)
+  if converter != "encoder_decoder":
+    raise ValueError(
+      f"unknown converter {converter!r}; expected 'encoder_decoder', 'decoder_only' or 'prefix_lm'"
+    )
   encoder_BS = np.zeros((batch_size, inputs_length), np.int32)
   for row, ids in enumerate(inputs):
     encoder_BS[row, : len(ids)] = ids
   features = {"encoder_input_tokens": encoder_BS}
   if targets is not None:
-    if targets_length is None:
-      raise ValueError("encode_features needs targets_length when targets are given")
     targets_BT = np.zeros((batch_size, targets_length), np.int32)
     for row, ids in enumerate(targets):
       targets_BT[row, : len(ids)] = ids
@@ -84,6 +94,37 @@ def encode_features(
       decoder_loss_weights=(targets_BT != 0).astype(np.int32),
     )
   return features
+
+
+def prefix_lm_features(
+  inputs: Sequence[Sequence[int]],
+  inputs_length: int,
+  batch_size: int,
+  targets: Sequence[Sequence[int]] | None = None,
+  targets_length: int | None = None,
+) -> dict[str, np.ndarray]:
+  """seqio's PrefixLMFeatureConverter(pack=False) features: each row is its inputs then its
+  targets (none: one pad target, as seqio adds), zero-padded to inputs_length +
+  targets_length (1 when not given); `decoder_causal_attention` on the start token and the
+  inputs, `decoder_loss_weights` on the targets only."""
+  length = inputs_length + (targets_length or 1)
+  tokens_BT = np.zeros((batch_size, length), np.int32)
+  causal_BT = np.zeros((batch_size, length), np.int32)
+  weights_BT = np.zeros((batch_size, length), np.int32)
+  for row, ids in enumerate(inputs):
+    target_ids = list(targets[row]) if targets is not None else []
+    sequence = list(ids) + target_ids
+    tokens_BT[row, : len(sequence)] = sequence
+    causal_BT[row, : len(ids) + 1] = 1
+    weights_BT[row, len(ids) : len(sequence)] = np.asarray(target_ids) != 0
+  decoder_inputs_BT = np.zeros_like(tokens_BT)
+  decoder_inputs_BT[:, 1:] = tokens_BT[:, :-1]
+  return {
+    "decoder_target_tokens": tokens_BT,
+    "decoder_input_tokens": decoder_inputs_BT,
+    "decoder_loss_weights": weights_BT,
+    "decoder_causal_attention": causal_BT,
+  }
 
 
 def run_predict(
@@ -183,6 +224,7 @@ def _results(
   inputs_length: int,
   targets_length: int | None,
   eos_id: int | None,
+  converter: str = "encoder_decoder",
 ) -> Iterator[list[dict]]:
   """Runs the model on `examples` batch by batch; yields each batch's output records
   ({"input", "prediction", "score"[, "target"]} or {"input", "target", "score"})."""
@@ -200,7 +242,12 @@ def _results(
         cut_targets += cut
     has_targets = len(targets) == len(batch)
     features = encode_features(
-      inputs, inputs_length, batch_size, targets if has_targets else None, targets_length
+      inputs,
+      inputs_length,
+      batch_size,
+      targets if has_targets else None,
+      targets_length,
+      converter,
     )
     if mode == "predict":
       tokens_BL, scores_B = run_predict(predict_fn, features, len(batch), batch_size)
@@ -248,6 +295,7 @@ def _write_results(
   inputs_length: int,
   targets_length: int | None,
   eos_id: int | None,
+  converter: str = "encoder_decoder",
 ) -> int:
   """Appends one line per example (the ones after the first `done`) to `output_path`, fsynced
   after every batch; returns the number of lines written in all."""
@@ -267,6 +315,7 @@ def _write_results(
       inputs_length,
       targets_length,
       eos_id,
+      converter,
     ):
       for record in records:
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -363,8 +412,10 @@ def infer_task(
   score_fn: ScoreFn | None = None,
   mode: str = "predict",
   max_examples: int | None = None,
+  converter: str = "encoder_decoder",
 ) -> int:
-  """Decodes (mode "predict") or scores (mode "score") a task split into JSONL at `output_path`.
+  """Decodes (mode "predict") or scores (mode "score") a task split into JSONL at `output_path`;
+  `converter` names the features the callables take (`encode_features`).
 
   Lines: {"input", "prediction", "score", "target"} or {"input", "target", "score"}; for a
   mixture, its tasks one after the other (each capped at `max_examples`) with a "task" field.
@@ -380,8 +431,8 @@ def infer_task(
   for task in task_list:
     if "inputs" not in task.output_features:
       raise ValueError(
-        f"task {task.name!r} has no 'inputs' feature; inference needs an "
-        f"encoder-decoder task (inputs -> targets)"
+        f"task {task.name!r} has no 'inputs' feature; inference needs a task with "
+        f"inputs (the encoder's input, or a decoder-only model's prompt) and targets"
       )
     if mode == "score" and "targets" not in task.output_features:
       raise ValueError(f"task {task.name!r} has no targets to score; use mode 'predict'")
@@ -417,6 +468,7 @@ def infer_task(
     task_feature_lengths["inputs"],
     targets_length,
     first["inputs"].vocabulary.eos_id,
+    converter,
   )
 
 
@@ -460,13 +512,14 @@ def infer_file(
   score_fn: ScoreFn | None = None,
   mode: str = "predict",
   targets_length: int | None = None,
+  converter: str = "encoder_decoder",
 ) -> int:
   """Decodes (mode "predict", one input per line) or scores (mode "score", one
   `input<TAB>target` per line) a UTF-8 text file into JSONL at `output_path`.
 
   Text is tokenized with `vocabulary`, EOS appended, and truncated to `inputs_length` /
-  `targets_length` (EOS kept). Resumes after the complete lines of an existing output.
-  Returns the number of output lines.
+  `targets_length` (EOS kept), and made into `converter`'s features (`encode_features`).
+  Resumes after the complete lines of an existing output. Returns the number of output lines.
   """
   _check_mode(mode, batch_size, predict_fn, score_fn)
   if mode == "score" and targets_length is None:
@@ -508,6 +561,7 @@ def infer_file(
     inputs_length,
     targets_length,
     vocabulary.eos_id,
+    converter,
   )
 
 
@@ -522,6 +576,7 @@ def infer_texts(
   score_fn: ScoreFn | None = None,
   mode: str = "predict",
   targets_length: int | None = None,
+  converter: str = "encoder_decoder",
 ) -> list[dict]:
   """`infer_file` on strings in memory: one record per input, in order ({"input",
   "prediction", "score"} to predict; {"input", "target", "score"} to score `targets`)."""
@@ -546,6 +601,7 @@ def infer_texts(
       inputs_length,
       targets_length,
       vocabulary.eos_id,
+      converter,
     )
     for record in records
   ]

@@ -245,6 +245,10 @@ def train(
   """Trains until `train_steps` (resuming from MODEL_DIR's newest checkpoint); returns the
   final evaluation metrics (or the last train metrics when evaluation is off)."""
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
+  # None: the architecture's converter; a converter the model cannot read is refused
+  dataset = dataclasses.replace(
+    dataset, converter=mesh_lib.model_converter(model_config, dataset.converter)
+  )
   name, lengths = dataset.mixture_or_task_name, dataset.task_feature_lengths
   batch_size, converter, pack, seed = (
     dataset.batch_size,

@@ -50,6 +50,30 @@ def example_batch(
   return {k: jax.ShapeDtypeStruct((batch_size, n), np.int32) for k, n in lengths.items()}
 
 
+LM_CONVERTERS = ("decoder_only", "prefix_lm")
+
+
+def model_converter(model_config: T5Config, converter: str | None = None) -> str:
+  """The feature converter a model is fed: `converter`, or by default the architecture's
+  ('encoder_decoder'; 'decoder_only', seqio's DecoderFeatureConverter, which makes prefix-LM
+  features of a task with inputs and LM features of a targets-only one). Refuses a converter
+  whose features the architecture cannot read."""
+  from tasks import pipeline
+
+  if converter is None:
+    return "decoder_only" if model_config.architecture == "decoder_only" else "encoder_decoder"
+  known = sorted(pipeline.FEATURE_CONVERTERS)
+  if converter not in known:
+    raise ConfigError(f"unknown feature converter {converter!r}; choose one of {known}")
+  if (converter in LM_CONVERTERS) != (model_config.architecture == "decoder_only"):
+    wanted = LM_CONVERTERS if model_config.architecture == "decoder_only" else ("encoder_decoder",)
+    raise ConfigError(
+      f"a {model_config.architecture} model cannot read {converter!r} features; use the "
+      f"converter {' or '.join(map(repr, wanted))}"
+    )
+  return converter
+
+
 def check_vocabulary(mixture_or_task_name: str, cfg: T5Config) -> None:
   """Refuses a task whose vocabulary has ids past the model's embedding."""
   import tasks

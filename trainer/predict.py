@@ -4,6 +4,21 @@
 the plain callables that `trainer.infer` (JSONL output) and `trainer.evaluation` (seqio metrics)
 consume, so neither of those knows about meshes or decoding options. `infer_checkpoint` is the
 whole infer job: a checkpoint's params on a mesh, decoding or scoring into JSONL.
+
+Batches are the unpacked features of the model's seqio feature converter. An encoder-decoder
+model decodes from `encoder_input_tokens`. A decoder-only model is fed its converter's features
+(`decoder_input_tokens`, `decoder_causal_attention`, ...: seqio's PrefixLMFeatureConverter for a
+task with inputs, whether the converter is 'prefix_lm' or 'decoder_only', since seqio's
+DecoderFeatureConverter hands such tasks to it), and decodes the continuation of a prompt:
+`prompt_batch` cuts the prompt out of them, the positions `decoder_causal_attention` marks, i.e.
+the start token 0 and the inputs (`[0, x_1, ..., x_n]`, x_n being the inputs' EOS), which is
+exactly what the model saw in training before the first target. Prompt positions attend to each
+other (`prefix_lm=True`), as `decoder_causal_attention` made them in training. A targets-only
+(LM) task has no `decoder_causal_attention`: its prompt is the start token alone. Predictions
+are the continuation after the prompt, so seqio's metrics compare them with the targets, as for
+an encoder-decoder model. Scores of either kind are the summed log-likelihood of the target
+tokens (EOS included): `decoder_loss_weights`, which the prefix-LM converter puts on the targets
+only.
 """
 
 from __future__ import annotations
@@ -13,6 +28,7 @@ import itertools
 from collections.abc import Callable, Mapping
 
 import jax
+import numpy as np
 
 from models import decoding, partitioning
 from models.network import Transformer
@@ -33,23 +49,59 @@ class DecodeConfig:
   top_p: float = 1.0
 
 
+def prompt_length(task_feature_lengths: Mapping[str, int]) -> int:
+  """P, the width of a decoder-only model's prompts: the start token and the inputs."""
+  return task_feature_lengths.get("inputs", 0) + 1
+
+
+def prompt_batch(batch: Mapping[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+  """`decoder_prompt_tokens` [B, width] (left-aligned, 0-padded) of a batch of a decoder-only
+  model's unpacked converter features: `decoder_input_tokens` where `decoder_causal_attention`
+  is 1 (the start token 0 and the inputs), or the start token alone without that feature."""
+  inputs_BT = np.asarray(batch["decoder_input_tokens"], np.int32)
+  causal = batch.get("decoder_causal_attention")
+  if causal is None:
+    causal_BT = np.zeros(inputs_BT.shape, bool)
+    causal_BT[:, 0] = True
+  else:
+    causal_BT = np.asarray(causal).astype(bool)
+  longest = int(causal_BT.sum(axis=1).max(initial=1))
+  if longest > width:
+    raise ValueError(
+      f"a prompt of {longest} tokens does not fit the prompt width {width} (the inputs "
+      f"length + 1); decode with the inputs length the features were made with"
+    )
+  prompt_BP = np.zeros((len(inputs_BT), width), np.int32)
+  n = min(width, inputs_BT.shape[1])
+  prompt_BP[:, :n] = np.where(causal_BT, inputs_BT, 0)[:, :n]
+  return {"decoder_prompt_tokens": prompt_BP}
+
+
 def make_predict_fn(
   module: Transformer,
   params,
   placement: partitioning.Placement,
   *,
   max_decode_length: int,
+  prompt_length: int | None = None,
   decode: DecodeConfig = DecodeConfig(),
   seed: int = 0,
 ) -> Callable:
   """numpy batch -> (tokens [B, L], scores [B]) with the model's decoding, on the mesh.
-  Sampling draws a new key per call, from `seed`."""
+  A decoder-only model needs `prompt_length`, its prompts' width (`prompt_length(lengths)`):
+  one shape, so one compilation, for every batch. Sampling draws a new key per call, from
+  `seed`."""
   key, calls = jax.random.key(seed), itertools.count()
+  decoder_only = module.config.architecture == "decoder_only"
+  if decoder_only and prompt_length is None:
+    raise ValueError("a decoder-only model's predict fn needs prompt_length (inputs length + 1)")
 
   def predict(batch):
-    features = data.replicated_batch(
-      {"encoder_input_tokens": batch["encoder_input_tokens"]}, placement.batch_sharding
-    )
+    if decoder_only:
+      features = prompt_batch(batch, prompt_length)
+    else:
+      features = {"encoder_input_tokens": batch["encoder_input_tokens"]}
+    features = data.replicated_batch(features, placement.batch_sharding)
     with placement.context():
       tokens, scores = decoding.decode(
         module,
@@ -63,6 +115,7 @@ def make_predict_fn(
         top_k=decode.top_k,
         top_p=decode.top_p,
         rng=jax.random.fold_in(key, next(calls)),
+        prefix_lm=decoder_only,
       )
     return data.to_host(tokens), data.to_host(scores)
 
@@ -76,6 +129,7 @@ def make_score_fn(module: Transformer, params, placement: partitioning.Placement
     "decoder_input_tokens",
     "decoder_target_tokens",
     "decoder_loss_weights",
+    "decoder_causal_attention",
   )
 
   def score(batch):
@@ -101,6 +155,7 @@ def infer_checkpoint(
   vocabulary=None,
   mode: str = "predict",
   max_examples: int | None = None,
+  converter: str | None = None,
   decode: DecodeConfig = DecodeConfig(),
   mesh_shape=None,
   partitioning_rules="data_parallel",
@@ -109,13 +164,16 @@ def infer_checkpoint(
   """Decodes (mode 'predict') or scores (mode 'score') a task split, or a text file, into
   JSONL; resumes a partly written OUTPUT_FILE. Returns the number of lines written.
 
-  A text file is tokenized with `vocabulary`, else with MIXTURE_OR_TASK_NAME's vocabulary."""
+  A text file is tokenized with `vocabulary`, else with MIXTURE_OR_TASK_NAME's vocabulary.
+  `converter`: the model's feature converter (default: its architecture's, see
+  `trainer.mesh.model_converter`)."""
   if input_file is None and mixture_or_task_name is None:
     raise mesh_lib.ConfigError(
       "infer needs MIXTURE_OR_TASK_NAME (decode a task split) or INPUT_FILE "
       "(decode a text file, one input per line)"
     )
   mesh_lib.check_positive(batch_size=batch_size, max_examples=max_examples)
+  converter = mesh_lib.model_converter(model_config, converter)
   if mixture_or_task_name is not None:
     import tasks
 
@@ -133,7 +191,7 @@ def infer_checkpoint(
     model_config,
     mesh_shape,
     partitioning_rules,
-    converter="encoder_decoder",
+    converter=converter,
     pack=False,
     task_feature_lengths=task_feature_lengths,
     batch_size=batch_size,
@@ -143,6 +201,7 @@ def infer_checkpoint(
     params,
     placement,
     max_decode_length=task_feature_lengths["targets"],
+    prompt_length=prompt_length(task_feature_lengths),
     decode=decode,
     seed=seed,
   )
@@ -158,6 +217,7 @@ def infer_checkpoint(
       score_fn=score,
       mode=mode,
       targets_length=task_feature_lengths["targets"],
+      converter=converter,
     )
   return infer_lib.infer_task(
     mixture_or_task_name,
@@ -169,4 +229,5 @@ def infer_checkpoint(
     score_fn=score,
     mode=mode,
     max_examples=max_examples,
+    converter=converter,
   )

@@ -113,3 +113,48 @@ def test_every_gin_folder_is_a_package():
   # Gin resolves 'configs/a/b.gin' through the module configs.a; see configs/__init__.py.
   for gin_file in configs.CONFIG_DIR.rglob("*.gin"):
     assert (gin_file.parent / "__init__.py").is_file(), f"{gin_file.parent} lacks __init__.py"
+
+
+@pytest.mark.parametrize(
+  "size,shape",
+  [
+    ("tiny", (32, 2, 16, 2, 64)),
+    ("small", (512, 6, 64, 8, 1024)),
+    ("base", (768, 12, 64, 12, 2048)),
+  ],
+)
+def test_decoder_only_gins_are_t5_1_1_layers_in_one_stack(size, shape):
+  cfg = load("decoder_only", size)
+  assert (cfg.architecture, cfg.num_encoder_layers) == ("decoder_only", 0)
+  assert (cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.num_decoder_layers, cfg.d_ff) == shape
+  assert (cfg.vocab_size, cfg.mlp_activations, cfg.logits_via_embedding) == (
+    32128,
+    ("gelu", "linear"),
+    False,
+  )
+
+
+@pytest.mark.parametrize(
+  "argv",
+  [
+    [
+      "--gin_file=configs/models/decoder_only/small.gin",
+      "--gin_file=configs/runs/pretrain.gin",
+      "--gin.MODEL_DIR='/tmp/x'",
+      "--gin.MIXTURE_OR_TASK_NAME='mono_prefix_lm'",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 64}",
+      "--gin.TRAIN_STEPS=10",
+    ],
+    ["--gin_file=configs/experiments/prefix_lm_quickstart.gin"],
+  ],
+)
+def test_decoder_only_runs_parse(argv):
+  import train
+
+  args, bindings = train._parse_args(argv)
+  try:
+    train.parse_gin(args.gin_file, bindings)
+    cfg = gin.query_parameter("MODEL_CONFIG/gin.macro.value").scoped_configurable_fn()
+    assert (cfg.architecture, cfg.num_encoder_layers) == ("decoder_only", 0)
+  finally:
+    gin.clear_config()

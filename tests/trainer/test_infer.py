@@ -45,8 +45,7 @@ def _read(path):
   return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_encode_features_matches_seqio_converter():
-  inputs, targets = [[5, 6, 7, 1], [8, 1]], [[9, 10, 1], [11, 12, 13, 14, 1]]
+def _seqio_features(converter, inputs, targets, lengths):
   ds = tf.data.Dataset.from_generator(
     lambda: iter([{"inputs": i, "targets": t} for i, t in zip(inputs, targets)]),
     output_signature={
@@ -54,16 +53,32 @@ def test_encode_features_matches_seqio_converter():
       "targets": tf.TensorSpec([None], tf.int32),
     },
   )
-  converted = seqio.EncDecFeatureConverter(pack=False)(ds, {"inputs": 6, "targets": 5})
-  expected = {
+  converted = converter(ds, lengths)
+  return {
     k: np.stack([ex[k] for ex in converted.as_numpy_iterator()]) for k in converted.element_spec
   }
-  ours = infer.encode_features(inputs, 6, 3, targets, 5)
+
+
+@pytest.mark.parametrize("converter", ["encoder_decoder", "decoder_only", "prefix_lm"])
+def test_encode_features_matches_seqio_converter(converter):
+  inputs, targets = [[5, 6, 7, 1], [8, 1]], [[9, 10, 1], [11, 12, 13, 14, 1]]
+  expected = _seqio_features(
+    tasks.feature_converter(converter, pack=False), inputs, targets, {"inputs": 6, "targets": 5}
+  )
+  ours = infer.encode_features(inputs, 6, 3, targets, 5, converter)
   assert set(ours) == set(expected)
   for k, v in expected.items():
     np.testing.assert_array_equal(ours[k][:2], v, err_msg=k)
     assert ours[k].dtype == np.int32 and not ours[k][2].any()  # padding row
-  assert set(infer.encode_features(inputs, 6, 2)) == {"encoder_input_tokens"}
+  if converter == "encoder_decoder":
+    assert set(infer.encode_features(inputs, 6, 2)) == {"encoder_input_tokens"}
+  else:  # to predict: seqio's features of the inputs with one pad target
+    expected = _seqio_features(
+      seqio.PrefixLMFeatureConverter(pack=False), inputs, [[], []], {"inputs": 6, "targets": 1}
+    )
+    ours = infer.encode_features(inputs, 6, 2, converter=converter)
+    for k, v in expected.items():
+      np.testing.assert_array_equal(ours[k], v, err_msg=k)
 
 
 def test_truncate_keeps_eos_and_decode_stops_at_eos():
