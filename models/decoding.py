@@ -46,7 +46,7 @@ Nothing stops a model from generating the pad id 0 (T5X and HF do not either); s
 indistinguishable from padding in `tokens`.
 
 Performance: pass params as device arrays (`jax.device_put(params)` once); NumPy params are
-copied to the device on every call (~0.1-0.25 s for T5.1.1-small on CPU).
+copied to the device on every call (README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -428,7 +428,7 @@ def _copy_rows(cache, src_R, dst_R, count, length):
   if not rows:
     return cache
   # bf16 leaves are copied as their uint16 bits: XLA:CPU widens a bf16 dynamic-update-slice to
-  # float32 and back, a whole-buffer copy per block (a bf16 T5.1.1-small beam: 7.2 s vs 2.6 s).
+  # float32 and back, a whole-buffer copy per block (README, Benchmarks).
   moved = [
     jax.lax.bitcast_convert_type(leaves[i], jnp.uint16)
     if leaves[i].dtype == jnp.bfloat16

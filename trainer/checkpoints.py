@@ -19,18 +19,15 @@ Layout of DIRECTORY:
 
 Cost to the training steps: a save blocks the caller only for the device->host copy; the write
 runs on tensorstore's thread pool. On a host with few cores that pool's CPU comes out of XLA's
-threads, so arrays are stored uncompressed by default (zstd, tensorstore's level 3, took ~200 ms of
-the pool's CPU per save of a 64 MB state against ~107 ms without, for files ~8% smaller), and
-save() lowers the pool's threads to nice 19 (Linux) so that they write in the cores' idle moments.
-It does so before it starts the write, when no save's Python threads compete with it for the GIL
-(~2 ms; right after the start it took 46 ms, median). The pool starts during a process's first
-save or restore (a save that starts it writes at normal priority) and grows now and then: threads
-that appear during a save are lowered by the next one. On the 2-core CPU (quickstart, a save every
-20 steps), two A/B runs gave +6.7% and +13% s/step over no saves at normal priority, +3.8% and
-+3.4% lowered. Most of a save's CPU is not the pool's but orbax's Python threads', ~1.3-1.6 ms per
-array whatever its size: 30 MB as 303 arrays (the quickstart state's count) took 500-530 ms of
-process CPU per save, as 8 arrays 110-150 ms. Those threads stay at normal priority: they take
-the GIL, and one starved by the scheduler while holding it would stall the training thread too.
+threads, so arrays are stored uncompressed by default (zstd roughly doubles the pool's CPU per save
+for files a few percent smaller), and save() lowers the pool's threads to nice 19 (Linux) so that
+they write in the cores' idle moments. It does so before it starts the write, when no save's Python
+threads compete with it for the GIL. The pool starts during a process's first save or restore (a
+save that starts it writes at normal priority) and grows now and then: threads that appear during a
+save are lowered by the next one. Most of a save's CPU is orbax's Python threads', a roughly fixed
+cost per array; they stay at normal priority: they take the GIL, and one starved by the scheduler
+while holding it would stall the training thread too. The measurements are in the README's
+Benchmarks section.
 
 Why it is safe: orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it when complete,
 so a killed save leaves no committed step. Orbax may load truncated or flipped array bytes
