@@ -43,6 +43,7 @@ bench: prepare
 	$(PY) -m bench.decode
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.train_loop
+	$(PY) -m bench.scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
