@@ -7,6 +7,11 @@ script (see `bench.util.PeerProcess`), its steps interleaved with ours. Also mea
 machine's fp32 matmul ceiling (the faster of XLA and PyTorch on a large square matmul) so the
 GFLOP/s column reads as a fraction of what the hardware gives. Ends with one JSON line.
 
+On an accelerator (JAX's default backend is not the CPU) it runs as it is, without the HF peer:
+xt5 with the default kernels (the 'reference' path there, `T5Config.kernels`) in float32 and bf16,
+and bf16 with the CPU-tuned kernels for comparison, each as MFU against the chip's datasheet bf16
+peak (`trainer.metrics.peak_flops_per_device`; the measured fp32 matmul rate for an unknown chip).
+
 Run as a script, it restarts once under glibc malloc tunables (models/runtime.py); the
 HF child inherits that environment, so both sides run under the same allocator settings.
 """
@@ -26,7 +31,7 @@ import numpy as np
 import optax
 
 from bench.util import PeerProcess, emit_json, print_table, time_calls, time_interleaved
-from models import flops, formats, losses
+from models import flops, formats, layers, losses
 from models.config import T5Config
 from models.network import Transformer
 from trainer import metrics, optimizers
@@ -134,6 +139,48 @@ def fp32_matmul_ceiling(peer: PeerProcess):
   return max(xla, torch) / 1e9
 
 
+def accelerator_main(args, cfg, batch_np, step_flops, target_tokens):
+  """The GPU/TPU run: xt5 only, MFU against the datasheet bf16 peak."""
+  device = jax.devices()[0]
+  peak = metrics.peak_flops_per_device(device)
+  peak_what = f"{device.device_kind} bf16 peak"
+  if peak is None:
+    peak = metrics.measure_host_matmul_flops(CEILING_N, iters=10, warmup=2)
+    peak_what = f"measured fp32 matmul on {device.device_kind}"
+  times = time_interleaved(
+    {
+      "xt5 fp32": xt5_step(cfg, batch_np),
+      "xt5 bf16": xt5_step(cfg.replace(dtype="bfloat16"), batch_np),
+      "xt5 bf16 cpu-kernels": xt5_step(cfg.replace(dtype="bfloat16", kernels="cpu"), batch_np),
+    },
+    rounds=args.iters,
+  )
+  rows = [
+    [name, t, target_tokens / t, step_flops / t / 1e12, step_flops / t / peak]
+    for name, t in times.items()
+  ]
+  print(
+    f"t5.1.1-{args.model} train step, batch {args.batch}, inputs {args.inputs}, targets "
+    f"{args.targets}, Adafactor; {step_flops / 1e9:.1f} matmul GFLOP/step; {peak_what} "
+    f"{peak / 1e12:.0f} TFLOP/s; default kernels: {layers.resolve_kernels(cfg.kernels)}"
+  )
+  print_table(["run", "s/step", "target tok/s", "TFLOP/s", "MFU"], rows)
+  emit_json(
+    {
+      "bench": "train_step",
+      "backend": jax.default_backend(),
+      "device_kind": device.device_kind,
+      "xt5_fp32_s": times["xt5 fp32"],
+      "xt5_bf16_s": times["xt5 bf16"],
+      "xt5_bf16_cpu_kernels_s": times["xt5 bf16 cpu-kernels"],
+      "mfu_fp32": step_flops / times["xt5 fp32"] / peak,
+      "mfu_bf16": step_flops / times["xt5 bf16"] / peak,
+      "mfu_bf16_cpu_kernels": step_flops / times["xt5 bf16 cpu-kernels"] / peak,
+      "peak_tflops": peak / 1e12,
+    }
+  )
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", choices=sorted(MODELS), default="small")
@@ -147,6 +194,8 @@ def main(argv=None):
   batch_np = make_batch(cfg, args.batch, args.inputs, args.targets)
   step_flops = flops.train_step_matmul_flops(cfg, args.batch, args.inputs, args.targets)
   target_tokens = args.batch * args.targets
+  if jax.default_backend() != "cpu":
+    return accelerator_main(args, cfg, batch_np, step_flops, target_tokens)
   peer = PeerProcess("bench.train_step:hf_peer", cfg.to_dict(), batch_np)
   try:
     ceiling = fp32_matmul_ceiling(peer)
@@ -175,6 +224,7 @@ def main(argv=None):
   emit_json(
     {
       "bench": "train_step",
+      "backend": "cpu",
       "xt5_fp32_s": times["xt5 fp32"],
       "xt5_bf16_s": times["xt5 bf16"],
       "hf_fp32_s": times["hf fp32"],

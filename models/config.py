@@ -15,6 +15,11 @@ import jax.numpy as jnp
 ARCHITECTURES = ("encoder_decoder", "decoder_only")
 REMAT_POLICIES = ("none", "full", "minimal")
 MLP_ACTIVATIONS = ("relu", "gelu", "silu", "linear")
+# How matmuls and attention are computed (models/layers.py, `resolve_kernels`): 'cpu' is tuned for
+# XLA:CPU (custom backward passes), 'reference' is plain autodiff and jax.nn.dot_product_attention
+# (what GPU/TPU compilers fuse best), 'auto' picks 'cpu' on a CPU backend and 'reference' elsewhere.
+# Params are the same for all three.
+KERNELS = ("auto", "cpu", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +48,15 @@ class T5Config:
   architecture: str = "encoder_decoder"
   scan_layers: bool = False
   remat_policy: str = "none"
+  kernels: str = "auto"
 
   def __post_init__(self):
     if self.architecture not in ARCHITECTURES:
       raise ValueError(f"architecture={self.architecture!r}; expected one of {ARCHITECTURES}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+    if self.kernels not in KERNELS:
+      raise ValueError(f"kernels={self.kernels!r}; expected one of {KERNELS}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
     for act in self.mlp_activations:

@@ -3,6 +3,11 @@
 Every parameter is float32 and carries logical axis names; matmuls run in the config's activation
 dtype and accumulate in float32 (`preferred_element_type`). Array names end in their axes, by
 the one legend of docs/design.md (B batch, T query length, S key length, H heads, K head dim, ...).
+
+Matmuls and attention come in two kernels (`T5Config.kernels`, resolved at trace time by
+`resolve_kernels`): 'cpu', custom backward passes tuned for XLA:CPU, and 'reference', plain
+autodiff and `jax.nn.dot_product_attention`, which GPU/TPU compilers fuse. Both take the same
+params and keep the same numerics: float32 accumulation, float32 softmax.
 """
 
 from __future__ import annotations
@@ -27,17 +32,36 @@ def _param(module: nn.Module, name: str, init, shape, axes):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
-def dot(x, kernel, dtype, contract_dims: int = 1, out_dtype=None):
+def resolve_kernels(kernels: str = "auto") -> str:
+  """'cpu' or 'reference' for a `T5Config.kernels` value: 'auto' is 'cpu' when JAX's default
+  backend is the CPU, else 'reference'. Called at trace time, so one config serves both."""
+  if kernels == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "reference"
+  if kernels not in ("cpu", "reference"):
+    raise ValueError(f"kernels={kernels!r}; expected 'auto', 'cpu' or 'reference'")
+  return kernels
+
+
+def dot(x, kernel, dtype, contract_dims: int = 1, out_dtype=None, kernels: str = "auto"):
   """x[..., in...] @ kernel[in..., out...]: operands in `dtype`, accumulated in float32, result
   in `out_dtype` (default `dtype`).
 
-  The backward pass also multiplies in `dtype` (a custom VJP): plain autodiff would hand the
-  transposed matmuls a float32 cotangent and run them at float32 speed, half the bf16 rate.
-  Each gradient comes back in its primal's dtype (float32 for the params).
+  With the 'cpu' kernels the backward pass also multiplies in `dtype` (a custom VJP): on XLA:CPU
+  plain autodiff hands the transposed matmuls a float32 cotangent and runs them at float32 speed,
+  half the bf16 rate. Each gradient comes back in its primal's dtype (float32 for the params).
+  The 'reference' kernels leave the backward pass to autodiff, which accelerators fuse.
   """
-  return _mixed_dot(
-    x, kernel, jnp.dtype(dtype), contract_dims, jnp.dtype(dtype if out_dtype is None else out_dtype)
-  )
+  dtype = jnp.dtype(dtype)
+  out_dtype = jnp.dtype(dtype if out_dtype is None else out_dtype)
+  if resolve_kernels(kernels) == "reference":
+    y = jax.lax.dot_general(
+      x.astype(dtype),
+      kernel.astype(dtype),
+      _dot_dims(x.ndim, contract_dims),
+      preferred_element_type=jnp.float32,
+    )
+    return y.astype(out_dtype)
+  return _mixed_dot(x, kernel, dtype, contract_dims, out_dtype)
 
 
 def _dot_dims(x_ndim: int, contract_dims: int):
@@ -83,7 +107,14 @@ _mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
 
 
 def dot_product_attention(
-  q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS=None, dropout_rate: float = 0.0
+  q_BTHK,
+  k_BHSK,
+  v_BHSK,
+  bias_BHTS,
+  dtype,
+  keep_BHTS=None,
+  dropout_rate: float = 0.0,
+  kernels: str = "auto",
 ):
   """softmax(q·k + bias) · v for one layer, with T5X's roundings, and a backward pass of its own.
 
@@ -96,14 +127,47 @@ def dot_product_attention(
   bf16 model), and two of them, dV = Wᵀ·g and dK = dLᵀ·q, contract the query axis, which
   XLA:CPU's fast dot (YNNPACK) cannot take as a left operand, so they fell to its slow Eigen dot.
   Here they multiply in `dtype` and contract the query axis through `_contract_queries`.
+  With `kernels` resolving to 'reference', it is `_reference_attention` instead (autodiff).
   """
   biases = (
     ()
     if bias_BHTS is None
     else (tuple(bias_BHTS) if isinstance(bias_BHTS, (tuple, list)) else (bias_BHTS,))
   )
+  if resolve_kernels(kernels) == "reference":
+    return _reference_attention(
+      q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, jnp.dtype(dtype), float(dropout_rate)
+    )
   return _attention(
     q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, jnp.dtype(dtype), float(dropout_rate)
+  )
+
+
+def _reference_attention(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate):
+  """The attention by autodiff: `jax.nn.dot_product_attention` (T5 scales nothing: scale=1) with
+  the biases summed into one float32 bias; with a dropout mask, a plain softmax attention.
+
+  Either way q·k accumulates in float32, the bias is added in float32 and the softmax runs in
+  float32; the weights are rounded to `dtype` for the product with v. Unlike the 'cpu' kernel,
+  the logits are not rounded to `dtype` before the bias is added (exact in float32).
+  """
+  bias = functools.reduce(jnp.add, biases).astype(jnp.float32) if biases else None
+  q_BTHK, k_BHSK, v_BHSK = (a.astype(dtype) for a in (q_BTHK, k_BHSK, v_BHSK))
+  if keep_BHTS is None:
+    # jax.nn's layout is length-major for keys/values too: [B, S, H, K]
+    return jax.nn.dot_product_attention(
+      q_BTHK,
+      jnp.swapaxes(k_BHSK, 1, 2),
+      jnp.swapaxes(v_BHSK, 1, 2),
+      bias=None if bias is None else bias.reshape((1,) * (4 - bias.ndim) + bias.shape),
+      scale=1.0,
+    ).astype(dtype)
+  logits_BHTS = jnp.einsum("bthk,bhsk->bhts", q_BTHK, k_BHSK, preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits_BHTS = logits_BHTS + bias
+  w_BHTS = _dropped(jax.nn.softmax(logits_BHTS, axis=-1).astype(dtype), keep_BHTS, rate)
+  return jnp.einsum("bhts,bhsk->bthk", w_BHTS, v_BHSK, preferred_element_type=jnp.float32).astype(
+    dtype
   )
 
 
@@ -363,14 +427,15 @@ class MultiHeadAttention(nn.Module):
     out = _param(self, "out", _attn_init, (H, K, D), ("heads", "kv", "embed"))
 
     B, T = x_q_BTD.shape[:2]
-    q_BTHK = dot(x_q_BTD, query, dtype)
+    kernels = cfg.kernels
+    q_BTHK = dot(x_q_BTD, query, dtype, kernels=kernels)
     q_BTHK = nn.with_logical_constraint(q_BTHK, ("batch", "length", "heads", "kv"))
 
     def project_kv(x_BSD):
       # head-major K/V: the decode caches keep this layout, so no per-step transposes.
       kv_axes = ("batch", "heads", "length", "kv")
-      k = jnp.swapaxes(dot(x_BSD, key, dtype), 1, 2)
-      v = jnp.swapaxes(dot(x_BSD, value, dtype), 1, 2)
+      k = jnp.swapaxes(dot(x_BSD, key, dtype, kernels=kernels), 1, 2)
+      v = jnp.swapaxes(dot(x_BSD, value, dtype, kernels=kernels), 1, 2)
       return nn.with_logical_constraint(k, kv_axes), nn.with_logical_constraint(v, kv_axes)
 
     if self.decode and cache_index is not None:  # cached self-attention
@@ -403,10 +468,10 @@ class MultiHeadAttention(nn.Module):
         self.make_rng("dropout"), 1.0 - cfg.dropout_rate, (B, H, T, k_BHSK.shape[2])
       )
     ctx_BTHK = dot_product_attention(
-      q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS, cfg.dropout_rate
+      q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS, cfg.dropout_rate, kernels
     ).reshape(B, T, H, K)
     ctx_BTHK = nn.with_logical_constraint(ctx_BTHK, ("batch", "length", "heads", "kv"))
-    return dot(ctx_BTHK, out, dtype, contract_dims=2)
+    return dot(ctx_BTHK, out, dtype, contract_dims=2, kernels=kernels)
 
 
 class MLP(nn.Module):
@@ -425,13 +490,13 @@ class MLP(nn.Module):
       name = "wi" if len(acts) == 1 else f"wi_{i}"
       wi = _param(self, name, _mlp_init, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
       # the activation runs on the float32 accumulator, before rounding to `dtype`
-      y = _activation(act)(dot(x_BTD, wi, dtype, out_dtype=jnp.float32))
+      y = _activation(act)(dot(x_BTD, wi, dtype, out_dtype=jnp.float32, kernels=cfg.kernels))
       h_BTF = y if h_BTF is None else h_BTF * y
     h_BTF = nn.with_logical_constraint(h_BTF.astype(dtype), ("batch", "length", "mlp"))
     if not self.deterministic and cfg.dropout_rate > 0:
       h_BTF = nn.Dropout(cfg.dropout_rate)(h_BTF, deterministic=False)
     wo = _param(self, "wo", _mlp_init, (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
-    return dot(h_BTF, wo, dtype)
+    return dot(h_BTF, wo, dtype, kernels=cfg.kernels)
 
 
 def _activation(name: str):

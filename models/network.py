@@ -190,7 +190,9 @@ class Decoder(nn.Module):
         (cfg.d_model, cfg.vocab_size),
         jnp.float32,
       )
-      logits = layers.dot(x, kernel, cfg.activation_dtype, out_dtype=jnp.float32)
+      logits = layers.dot(
+        x, kernel, cfg.activation_dtype, out_dtype=jnp.float32, kernels=cfg.kernels
+      )
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

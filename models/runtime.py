@@ -11,10 +11,15 @@ never shrinks from its peak. tests/models/test_runtime.py checks the effect on a
 reads tunables only at start-up, hence the restart; `XT5_NO_REEXEC=1` turns it off, and a notebook
 or pytest never restarts (export GLIBC_TUNABLES with `MALLOC_TUNABLES` joined by ':' before starting
 Jupyter for the same effect); a tunable already in GLIBC_TUNABLES keeps its value.
+
+The restart and PJRT_NPROC are for CPU computation only: `configure` applies them where
+`runs_on_cpu` says JAX will compute on the CPU, decided from the environment and /dev before jax
+is imported (see its rule). The XLA CPU flags are set everywhere (they touch only XLA:CPU).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import sys
@@ -47,17 +52,41 @@ def configure(environ=os.environ, extra_xla_flags=(), reexec: bool = False) -> N
     if flag.split("=")[0] not in flags:
       flags = f"{flags} {flag}".strip()
   environ["XLA_FLAGS"] = flags
-  # jax 0.10.2 on a 2-core CPU can deadlock in multi-device collectives without it.
-  environ.setdefault("PJRT_NPROC", "16")
+  if runs_on_cpu(environ):
+    # jax 0.10.2 on a 2-core CPU can deadlock in multi-device collectives without it.
+    environ.setdefault("PJRT_NPROC", "16")
   # TensorFlow (the input pipeline) logs CUDA probing and oneDNN notices at import.
   environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def runs_on_cpu(environ=os.environ, dev: str = "/dev") -> bool:
+  """Whether JAX will compute on the CPU, decided without importing jax. The rule:
+
+  1. JAX_PLATFORMS set (non-empty): its first platform, JAX's default backend, is 'cpu'.
+  2. Otherwise, no accelerator is visible: no NVIDIA GPU (`{dev}/nvidia0`, unless
+     CUDA_VISIBLE_DEVICES is '' or '-1', which hide it), no CUDA_VISIBLE_DEVICES naming
+     devices, no TPU device (`{dev}/accel*`, or a numbered group in `{dev}/vfio/`) and no
+     TPU_* environment variable.
+  """
+  platforms = environ.get("JAX_PLATFORMS", "").strip()
+  if platforms:
+    return platforms.split(",")[0].strip().lower() == "cpu"
+  cuda_visible = environ.get("CUDA_VISIBLE_DEVICES")
+  gpus_hidden = cuda_visible is not None and cuda_visible.strip() in ("", "-1")
+  if not gpus_hidden and (cuda_visible is not None or os.path.exists(f"{dev}/nvidia0")):
+    return False
+  vfio_groups = [p for p in glob.glob(f"{dev}/vfio/*") if os.path.basename(p) != "vfio"]
+  if glob.glob(f"{dev}/accel*") or vfio_groups:
+    return False
+  return not any(name.startswith("TPU_") for name in environ)
+
+
 def needs_malloc_reexec(environ=os.environ) -> bool:
-  """Whether a restart would add `MALLOC_TUNABLES`: Linux with glibc, one of them not yet set,
-  not opted out."""
+  """Whether a restart would add `MALLOC_TUNABLES`: Linux with glibc, computing on the CPU
+  (`runs_on_cpu`), one of them not yet set, not opted out."""
   return (
     sys.platform.startswith("linux")
+    and runs_on_cpu(environ)
     and platform.libc_ver()[0] == "glibc"
     and bool(_missing_tunables(environ))
     and not environ.get("XT5_NO_REEXEC")

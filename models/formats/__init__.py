@@ -68,6 +68,7 @@ def _layout(cfg: T5Config) -> dict:
     "dtype": cfg.dtype,
     "remat_policy": cfg.remat_policy,
     "dropout_rate": cfg.dropout_rate,
+    "kernels": cfg.kernels,
   }
 
 

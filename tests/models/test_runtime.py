@@ -1,4 +1,4 @@
-"""models/runtime.py: the once-only restart under glibc malloc tunables."""
+"""models/runtime.py: the once-only restart under glibc malloc tunables, and where it applies."""
 
 import os
 import subprocess
@@ -78,3 +78,42 @@ def test_configure_without_reexec_leaves_the_process_alone():
     runtime.needs_malloc_reexec({})
   )
   assert not runtime.needs_malloc_reexec({"XT5_NO_REEXEC": "1"})
+
+
+def _fake_dev(tmp_path, *names):
+  dev = tmp_path / "dev"
+  dev.mkdir(parents=True)
+  for name in names:
+    path = dev / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+  return str(dev)
+
+
+def test_runs_on_cpu_follows_jax_platforms_then_visible_accelerators(tmp_path):
+  bare = _fake_dev(tmp_path)
+  assert runtime.runs_on_cpu({}, dev=bare)
+  assert runtime.runs_on_cpu({"JAX_PLATFORMS": "cpu"}, dev=bare)
+  assert not runtime.runs_on_cpu({"JAX_PLATFORMS": "cuda,cpu"}, dev=bare)
+  assert not runtime.runs_on_cpu({"JAX_PLATFORMS": "tpu"}, dev=bare)
+  assert not runtime.runs_on_cpu({"CUDA_VISIBLE_DEVICES": "0"}, dev=bare)
+  assert not runtime.runs_on_cpu({"TPU_ACCELERATOR_TYPE": "v5litepod-8"}, dev=bare)
+  # a plain VFIO container node is no TPU; a numbered group is
+  assert runtime.runs_on_cpu({}, dev=_fake_dev(tmp_path / "a", "vfio/vfio"))
+  assert not runtime.runs_on_cpu({}, dev=_fake_dev(tmp_path / "b", "vfio/vfio", "vfio/0"))
+  assert not runtime.runs_on_cpu({}, dev=_fake_dev(tmp_path / "c", "accel0"))
+  gpu = _fake_dev(tmp_path / "d", "nvidia0")
+  assert not runtime.runs_on_cpu({}, dev=gpu)
+  assert runtime.runs_on_cpu({"CUDA_VISIBLE_DEVICES": ""}, dev=gpu)
+  assert runtime.runs_on_cpu({"CUDA_VISIBLE_DEVICES": "-1"}, dev=gpu)
+  # JAX_PLATFORMS decides over what /dev shows
+  assert runtime.runs_on_cpu({"JAX_PLATFORMS": "cpu"}, dev=gpu)
+
+
+def test_accelerator_hosts_get_no_restart_and_no_pjrt_nproc(monkeypatch):
+  monkeypatch.setattr(runtime, "runs_on_cpu", lambda environ=None, dev="/dev": False)
+  env = {}
+  runtime.configure(env, reexec=True)  # would exec (and never return) on a CPU host
+  assert "PJRT_NPROC" not in env and "GLIBC_TUNABLES" not in env
+  assert not runtime.needs_malloc_reexec({})
+  assert env["XLA_FLAGS"].split() == list(runtime.CPU_XLA_FLAGS)
