@@ -702,7 +702,10 @@ def beam_search(
 
 
 def shift_right(tokens_BT, start_id: int = 0):
-  return jnp.concatenate([jnp.full_like(tokens_BT[:, :1], start_id), tokens_BT[:, :-1]], axis=1)
+  """Decoder inputs from targets: `start_id`, then the targets but the last. NumPy in, NumPy
+  out (host-side batches stay off the device); anything else goes through jax.numpy."""
+  xp = np if isinstance(tokens_BT, np.ndarray) else jnp
+  return xp.concatenate([xp.full_like(tokens_BT[:, :1], start_id), tokens_BT[:, :-1]], axis=1)
 
 
 _SCORE_FEATURES = (

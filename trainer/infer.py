@@ -87,7 +87,7 @@ def encode_features(
     for row, ids in enumerate(targets):
       targets_BT[row, : len(ids)] = ids
     # Teacher forcing: targets shifted right by one, BOS = 0 (seqio's autoregressive inputs).
-    decoder_inputs_BT = np.array(decoding.shift_right(targets_BT))
+    decoder_inputs_BT = decoding.shift_right(targets_BT)
     features.update(
       decoder_target_tokens=targets_BT,
       decoder_input_tokens=decoder_inputs_BT,
