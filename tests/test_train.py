@@ -281,6 +281,83 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys, flags, expected):
   assert "In call to configurable" not in err and "Traceback" not in err
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  """A 2-step run of the tiny model, for the evaluate / infer command lines."""
+  run = tmp_path_factory.mktemp("trained") / "run"
+  run_train(run, train_steps=2)
+  return run
+
+
+def _corrupt_copy(run, dest):
+  """A copy of `run` whose only checkpoint has one flipped byte in an array file."""
+  import shutil
+
+  shutil.copytree(run, dest)
+  arrays = sorted((dest / "checkpoints").glob("*/state/ocdbt.process_0/d/*"))
+  data = bytearray(arrays[0].read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  arrays[0].write_bytes(data)
+  return arrays[0].name
+
+
+# The same kind of mistakes on the evaluate and infer command lines, against a trained run.
+JOB_MISTAKES = [
+  ("eval", ["--gin.CHECKPOINT_PATH='/no/such/run'"], "checkpoint path /no/such/run does not exist"),
+  ("eval", ["--gin.EVAL_SPLIT='tset'"], "EVAL_SPLIT='tset': 'test_copy' has no such split"),
+  ("eval", ["--gin.DECODE_METHOD='beems'"], "method='beems'; expected one of"),
+  ("eval", ["--gin.EVAL_OUTPUT_DIR='{file}/out'"], "is a file; choose another path"),
+  ("eval", ["--gin.CHECKPOINT_PATH='{corrupt}'"], "has changed bytes"),
+  ("eval", ["--gin.CHECKPOINT_PATH='{tmp}'"], "is not a checkpoint xt5 can read"),
+  ("infer", ["--gin.INPUT_FILE='/no/in.txt'"], "input file /no/in.txt does not exist"),
+  ("infer", ["--gin.INFER_MODE='scroe'"], "unknown mode 'scroe'"),
+  ("infer", ["--gin.INFER_SPLIT='tset'"], "INFER_SPLIT='tset'"),
+  ("infer", ["--gin.INPUT_FILE='{file}'", "--gin.INFER_MODE='score'"], "afile:1 has no tab"),
+  ("infer", ["--gin.MIXTURE_OR_TASK_NAME=None"], "infer needs MIXTURE_OR_TASK_NAME"),
+  ("infer", ["--gin.INFER_OUTPUT_FILE='{file}/o.jsonl'"], "is a file; choose another path"),
+  ("infer", ["--gin.CHECKPOINT_PATH='{corrupt}'"], "has changed bytes"),
+  ("train", ["--gin.MODEL_DIR='{file}'"], "MODEL_DIR {file} is a file, not a directory"),
+]
+
+
+@pytest.mark.parametrize(
+  "job, flags, expected", JOB_MISTAKES, ids=[f"{m[0]}-{m[2][:30]}" for m in JOB_MISTAKES]
+)
+def test_evaluate_and_infer_mistakes_are_one_line_errors(
+  trained_run, tmp_path, capsys, job, flags, expected
+):
+  """A flipped byte in the only checkpoint names the file; bad paths name the path."""
+  (tmp_path / "afile").write_text("abc\n")
+  names = {"file": tmp_path / "afile", "tmp": tmp_path}
+  if any("{corrupt}" in f for f in flags):
+    names["corrupt"] = tmp_path / "corrupt"
+    flipped = _corrupt_copy(trained_run, names["corrupt"])
+    expected = f"{flipped} {expected}"
+  flags = [f.format(**names) for f in flags]
+  expected = expected.format(**names)
+  model = GIN.split("include")[0] + GIN.split("include 'configs/runs/pretrain.gin'")[1]
+  (tmp_path / "model.gin").write_text(model.split("MIXTURE_OR_TASK_NAME")[0])
+  common = [
+    f"--gin_file={tmp_path / 'model.gin'}",
+    "--gin.MIXTURE_OR_TASK_NAME='test_copy'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}",
+    "--gin.BATCH_SIZE=8",
+  ]
+  if job == "train":
+    argv = [f"--gin_file={write_gin(tmp_path)}", "--gin.TRAIN_STEPS=3"]
+  elif job == "eval":
+    argv = ["--gin_file=configs/runs/eval.gin", *common]
+    argv += [f"--gin.CHECKPOINT_PATH='{trained_run}'", f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'e'}'"]
+  else:
+    argv = ["--gin_file=configs/runs/infer.gin", *common]
+    argv += [f"--gin.CHECKPOINT_PATH='{trained_run}'", f"--gin.INFER_OUTPUT_FILE='{tmp_path}/o'"]
+  assert train.main(argv + flags) != 0
+  err = capsys.readouterr().err
+  errors = [line for line in err.splitlines() if line.startswith("xt5: error")]
+  assert len(errors) == 1 and expected in errors[0], errors
+  assert "In call to configurable" not in err and "Traceback" not in err
+
+
 def test_tasks_from_the_users_own_module(tmp_path, monkeypatch, capsys):
   """T5X's MIXTURE_OR_TASK_MODULE: a module in the working directory registers the task."""
   (tmp_path / "my_copy_tasks.py").write_text(

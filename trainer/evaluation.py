@@ -328,6 +328,8 @@ def evaluate_checkpoint(
   )
   mesh_lib.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
   mesh_lib.check_vocabulary(mixture_or_task_name, model_config)
+  mesh_lib.check_split(mixture_or_task_name, split, "EVAL_SPLIT")
+  mesh_lib.check_output_path(output_dir, "EVAL_OUTPUT_DIR", directory=True)
   placement, module, params, batch_size = mesh_lib.load_model(
     checkpoint_path,
     model_config,

@@ -269,6 +269,7 @@ def train(
   mesh_lib.check_feature_lengths(name, lengths)
   lengths = dict(lengths)
   mesh_lib.check_vocabulary(name, model_config)
+  mesh_lib.check_output_path(model_dir, "MODEL_DIR", directory=True)
   placement, module = mesh_lib.setup_model(model_config, mesh_shape, partitioning_rules)
   mesh_lib.check_batch_size(batch_size, optimizer.accumulation_steps, placement)
   tx = optimizers.make_optimizer(

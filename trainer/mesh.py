@@ -3,6 +3,7 @@ that refuse a task, vocabulary or batch size before anything is compiled."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -106,6 +107,40 @@ def check_feature_lengths(
         f"TASK_FEATURE_LENGTHS[{k!r}] is {n!r}: {mixture_or_task_name!r} needs a positive "
         f'length for each of its features, e.g. --gin.TASK_FEATURE_LENGTHS="{{{example}}}"'
       )
+
+
+def check_split(mixture_or_task_name: str, split: str, setting: str) -> None:
+  """Refuses a split that none of the task's (or mixture's) tasks has."""
+  import seqio
+
+  import tasks
+
+  have = sorted({s for t in seqio.get_subtasks(tasks.get(mixture_or_task_name)) for s in t.splits})
+  if split not in have:
+    raise ConfigError(
+      f"{setting}={split!r}: {mixture_or_task_name!r} has no such split; its splits are {have}"
+    )
+
+
+def check_output_path(path: str, setting: str, *, directory: bool) -> None:
+  """Refuses an output path that cannot be created: a file where a directory is needed (or the
+  other way round), a file on the way to it, or a folder the user cannot write in."""
+  path = os.path.abspath(os.path.expanduser(path))
+  kind = "directory" if directory else "file"
+  if os.path.exists(path) and os.path.isdir(path) != directory:
+    raise ConfigError(
+      f"{setting} {path} is a {'file' if directory else 'directory'}, not a {kind}; "
+      f"choose another path"
+    )
+  parent = path if directory else os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ConfigError(
+      f"{setting} {path} cannot be created: {parent} is a file; choose another path"
+    )
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigError(f"{setting} {path} cannot be written: no write permission in {parent}")
 
 
 def check_positive(**settings: int | None) -> None:

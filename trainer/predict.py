@@ -173,12 +173,15 @@ def infer_checkpoint(
       "(decode a text file, one input per line)"
     )
   mesh_lib.check_positive(batch_size=batch_size, max_examples=max_examples)
+  mesh_lib.check_output_path(output_file, "INFER_OUTPUT_FILE", directory=False)
   converter = mesh_lib.model_converter(model_config, converter)
   if mixture_or_task_name is not None:
     import tasks
 
     mesh_lib.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
     mesh_lib.check_vocabulary(mixture_or_task_name, model_config)
+    if input_file is None:
+      mesh_lib.check_split(mixture_or_task_name, split, "INFER_SPLIT")
     vocabulary = vocabulary or tasks.get(mixture_or_task_name).output_features["inputs"].vocabulary
   if vocabulary is None:
     raise mesh_lib.ConfigError(

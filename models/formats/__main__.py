@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from models.config import T5Config
@@ -66,6 +67,11 @@ def from_hf(hf_dir: str, out_dir: str, **overrides) -> T5Config:
 
 def to_hf(xt5_dir: str, hf_dir: str) -> T5Config:
   """xt5 checkpoint dir -> HF dir that `T5ForConditionalGeneration.from_pretrained` loads."""
+  if os.path.isdir(os.path.join(xt5_dir, "checkpoints")) and not xt5.is_xt5_dir(xt5_dir):
+    raise ValueError(
+      f"{xt5_dir} is a training MODEL_DIR, not an xt5 checkpoint: write its newest step with "
+      f"python -m trainer.export {xt5_dir} {hf_dir}"
+    )
   cfg, params = xt5.load_checkpoint(xt5_dir)
   hf.save_hf(params, cfg, hf_dir)
   return cfg
