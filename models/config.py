@@ -1,7 +1,8 @@
 """The one config object every network in the T5 family is built from.
 
 Variants differ by field values, never by code: T5.1.0 is ReLU + tied logits, T5.1.1/mT5 are
-GEGLU + untied, ByT5 is GEGLU with a deep encoder and a shallow decoder. Gin files under
+GEGLU + untied, ByT5 is GEGLU with a deep encoder and a shallow decoder, umT5 is mT5 with a
+relative position bias in every layer (`relative_attention_per_layer`). Gin files under
 `configs/models/` bind these fields; this module knows nothing of gin.
 """
 
@@ -43,6 +44,10 @@ class T5Config:
   dropout_rate: float = 0.0
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
+  # umT5 / T5X's scalable T5: every layer's self-attention has its own relative position bias
+  # (`{stack}/layers_{i}/relpos_bias`); off, one bias per stack (`{stack}/relpos_bias`) is shared
+  # by its layers. Cross-attention has none either way.
+  relative_attention_per_layer: bool = False
   layer_norm_epsilon: float = 1e-6
   dtype: str = "float32"
   architecture: str = "encoder_decoder"

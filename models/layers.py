@@ -367,7 +367,8 @@ def _toeplitz(v_HJ, T: int, S: int):
 
 
 class RelativePositionBias(nn.Module):
-  """Per-head scalar bias from bucketed relative positions; one per stack, shared by its layers."""
+  """Per-head scalar bias from bucketed relative positions: one per stack, shared by its layers,
+  or one per layer (`T5Config.relative_attention_per_layer`, umT5)."""
 
   num_heads: int
   num_buckets: int

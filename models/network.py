@@ -2,7 +2,9 @@
 
 Module names follow T5X (`token_embedder`, `encoder/layers_0/attention/query`, ...), so
 checkpoint import is a renaming. With `scan_layers` the layers are one stacked module `layers`
-whose params gain a leading 'layers' axis.
+whose params gain a leading 'layers' axis. The relative position bias is one `relpos_bias` per
+stack, or with `relative_attention_per_layer` (umT5) one per layer, inside each layer (stacked
+with the other layer params under scan).
 
 Inputs use seqio's feature-converter names. Padding is token id 0; packed rows carry
 `*_segment_ids` (0 = padding). Attention masks only keys (as HF does), so every output row,
@@ -29,15 +31,37 @@ def mask_to_bias(mask):
   return jnp.where(mask, 0.0, layers.NEG_INF).astype(jnp.float32)
 
 
+def _relpos_bias(cfg: T5Config, bidirectional: bool) -> layers.RelativePositionBias:
+  """The stack's (or with `relative_attention_per_layer`, the layer's) position bias module."""
+  return layers.RelativePositionBias(
+    cfg.num_heads,
+    cfg.relative_attention_num_buckets,
+    cfg.relative_attention_max_distance,
+    bidirectional=bidirectional,
+    name="relpos_bias",
+  )
+
+
+def _decoder_relpos_bias(cfg: T5Config, T: int, decode: bool, cache_index, max_length):
+  """Causal position bias [1, H, T, S]; decoding: queries at [cache_index, cache_index + T) over
+  the whole cache (S = max_length), else S = T."""
+  key_length, query_offset = (max_length, cache_index) if decode else (T, 0)
+  return _relpos_bias(cfg, bidirectional=False)(T, key_length, query_offset)
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
   deterministic: bool = True
 
   @nn.compact
   def __call__(self, x_BTD, bias_BHTS):
+    """`bias_BHTS`: the (mask, position bias) pair, or (mask,) when each layer has its own."""
     cfg = self.config
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
     drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    if cfg.relative_attention_per_layer:
+      T = x_BTD.shape[1]
+      bias_BHTS = (*bias_BHTS, _relpos_bias(cfg, bidirectional=True)(T, T))
     h = norm("pre_attention_layer_norm")(x_BTD)
     h = layers.MultiHeadAttention(cfg, self.deterministic, name="attention")(h, h, bias_BHTS)
     x_BTD = x_BTD + drop(h, deterministic=self.deterministic)
@@ -56,10 +80,18 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, self_bias_BHTS, encoded_BSD, cross_bias_BHTS, cache_index):
+    """`self_bias_BHTS`: the (mask, position bias) pair, or (mask,) when each layer has its own,
+    which it computes as the stack would (decoding: queries from `cache_index` on, keys over the
+    whole cache)."""
     cfg = self.config
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
     drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     attn = lambda name: layers.MultiHeadAttention(cfg, self.deterministic, self.decode, name=name)
+    if cfg.relative_attention_per_layer:
+      self_bias_BHTS = (
+        *self_bias_BHTS,
+        _decoder_relpos_bias(cfg, x_BTD.shape[1], self.decode, cache_index, self.max_length),
+      )
     h = norm("pre_self_attention_layer_norm")(x_BTD)
     h = attn("self_attention")(h, h, self_bias_BHTS, cache_index, self.max_length)
     x_BTD = x_BTD + drop(h, deterministic=self.deterministic)
@@ -108,17 +140,11 @@ class Encoder(nn.Module):
     key_ok = (tokens_BS > 0)[:, None, None, :]
     if segment_ids_BS is not None:
       key_ok = key_ok & (segment_ids_BS[:, None, :, None] == segment_ids_BS[:, None, None, :])
-    # (mask, position bias): summed inside the attention, so each keeps its own gradient shape
-    bias_BHSS = (
-      mask_to_bias(key_ok),
-      layers.RelativePositionBias(
-        cfg.num_heads,
-        cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance,
-        bidirectional=True,
-        name="relpos_bias",
-      )(S, S),
-    )
+    # (mask, position bias): summed inside the attention, so each keeps its own gradient shape;
+    # per-layer position biases are added by the layers.
+    bias_BHSS = (mask_to_bias(key_ok),)
+    if not cfg.relative_attention_per_layer:
+      bias_BHSS += (_relpos_bias(cfg, bidirectional=True)(S, S),)
     x = self.token_embedder(tokens_BS)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -150,18 +176,9 @@ class Decoder(nn.Module):
   ):
     cfg = self.config
     T = tokens_BT.shape[1]
-    # decoding: queries at [cache_index, cache_index + T) over the whole cache
-    key_length, query_offset = (max_length, cache_index) if decode else (T, 0)
-    bias = (
-      mask_to_bias(self_mask_BHTS),
-      layers.RelativePositionBias(
-        cfg.num_heads,
-        cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance,
-        bidirectional=False,
-        name="relpos_bias",
-      )(T, key_length, query_offset),
-    )
+    bias = (mask_to_bias(self_mask_BHTS),)
+    if not cfg.relative_attention_per_layer:
+      bias += (_decoder_relpos_bias(cfg, T, decode, cache_index, max_length),)
     cross_bias = None if cross_mask_BHTS is None else mask_to_bias(cross_mask_BHTS)
     x = self.token_embedder(tokens_BT)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)

@@ -1,8 +1,10 @@
 """Checkpoint formats xt5 reads and writes, a module each:
 
   xt5   xt5's own: DIR/params/ (orbax) + DIR/config.json + DIR/model.gin
-  hf    Hugging Face `T5ForConditionalGeneration` directories (config.json + safetensors / .bin)
-  t5x   T5X `checkpoint_N` directories (orbax / tensorstore, or the older msgpack file)
+  hf    Hugging Face `T5ForConditionalGeneration` / `UMT5ForConditionalGeneration` directories
+        (config.json + safetensors / .bin)
+  t5x   T5X `checkpoint_N` directories of its T5 or scalable T5 / umT5 (orbax / tensorstore, or
+        the older msgpack file)
 
 and `tree`, the params tree all of them read into and write from (`param_shapes(cfg)`, the
 layer layouts, `check_params`, `CheckpointMismatchError`).

@@ -7,10 +7,13 @@
 
 from-hf and from-t5x write an xt5 checkpoint (OUT_DIR/params/, config.json, model.gin; see
 xt5.py); to-hf reads one (as written by from-hf / from-t5x) and writes config.json,
-generation_config.json and model.safetensors for `T5ForConditionalGeneration.from_pretrained`.
-from-t5x without --config reads the shapes off the checkpoint (see t5x.py); --config takes an
-xt5 config.json (`T5Config.to_dict`) or a gin file binding MODEL_CONFIG, such as
-configs/models/mt5/small.gin or an OUT_DIR/model.gin (needs gin-config, imported here only).
+generation_config.json and model.safetensors for `T5ForConditionalGeneration.from_pretrained`
+(`UMT5ForConditionalGeneration` for a model with per-layer position biases: umT5).
+from-hf reads T5, mT5, ByT5 and umT5 (model_type 'umt5') directories. from-t5x reads T5X's T5
+and scalable T5 / umT5 checkpoints; without --config it reads the shapes off the checkpoint
+(see t5x.py); --config takes an xt5 config.json (`T5Config.to_dict`) or a gin file binding
+MODEL_CONFIG, such as configs/models/umt5/small.gin or an OUT_DIR/model.gin (needs gin-config,
+imported here only).
 --scan_layers / --dtype set those config fields; from-hf keeps the HF config's dropout_rate.
 Exit status 1 with a one-line `error: ...` (naming the file or tensors) on bad input.
 
@@ -66,7 +69,8 @@ def from_hf(hf_dir: str, out_dir: str, **overrides) -> T5Config:
 
 
 def to_hf(xt5_dir: str, hf_dir: str) -> T5Config:
-  """xt5 checkpoint dir -> HF dir that `T5ForConditionalGeneration.from_pretrained` loads."""
+  """xt5 checkpoint dir -> HF dir that `T5ForConditionalGeneration.from_pretrained` (umT5:
+  `UMT5ForConditionalGeneration`) loads."""
   if os.path.isdir(os.path.join(xt5_dir, "checkpoints")) and not xt5.is_xt5_dir(xt5_dir):
     raise ValueError(
       f"{xt5_dir} is a training MODEL_DIR, not an xt5 checkpoint: write its newest step with "

@@ -1,8 +1,9 @@
-"""Hugging Face T5 checkpoints (`T5ForConditionalGeneration`, T5 / mT5 / ByT5) to and from xt5.
+"""Hugging Face T5 checkpoints (`T5ForConditionalGeneration`: T5 / mT5 / ByT5;
+`UMT5ForConditionalGeneration`: umT5) to and from xt5.
 
 Library API (pure functions, no files):
   config_from_hf(hf_config, **overrides) -> T5Config   from an HF config object or config.json
-  hf_config_dict(cfg) -> dict                           config.json of T5ForConditionalGeneration
+  hf_config_dict(cfg) -> dict                           HF config.json (T5 or UMT5)
   params_from_hf_state_dict(state_dict, cfg) -> params  HF names (numpy or torch) -> xt5 tree
   params_to_hf_state_dict(params, cfg) -> {name: arr}   xt5 tree -> HF names
 
@@ -21,10 +22,19 @@ tensor.
 
 HF conventions handled here: torch Linear weights are [out, in] (q/k/v [heads*head_dim, d_model],
 o [d_model, heads*head_dim]); relative_attention_bias lives in block 0 of each stack as
-[buckets, heads]; a tied model (T5.1.0) scales decoder output by d_model**-0.5 before the tied
-lm_head, which our network does when `logits_via_embedding`. transformers 5.x forces
-`tie_word_embeddings=True` in every T5Config and records T5.1.0-ness as `scale_decoder_outputs`;
-an untied model then keeps its own `lm_head.weight` in the checkpoint.
+[buckets, heads] (T5), or in every block's self-attention (UMT5, model_type 'umt5': xt5's
+`relative_attention_per_layer`); a tied model (T5.1.0) scales decoder output by d_model**-0.5
+before the tied lm_head, which our network does when `logits_via_embedding`. transformers 5.x
+forces `tie_word_embeddings=True` in every T5Config and records T5.1.0-ness as
+`scale_decoder_outputs`; an untied model then keeps its own `lm_head.weight` in the checkpoint.
+
+umT5 is untied (its own lm_head, no rescale: T5X's `logits_dense`, what config.json's
+`tie_word_embeddings: false` means). transformers 5.x's UMT5Config forces
+`tie_word_embeddings=True` and has no `scale_decoder_outputs`, so its UMT5ForConditionalGeneration
+rescales the decoder output of every model, an untied one loaded with `from_pretrained`
+included: its logits are then d_model**-0.5 times the checkpoint's (set `model.config.
+tie_word_embeddings = False` after loading for the real model). Files and state dicts are the
+same either way.
 """
 
 from __future__ import annotations
@@ -114,17 +124,32 @@ def _hf_config_as_dict(hf_config) -> dict:
   return d
 
 
+_HF_MODEL_TYPES = ("t5", "mt5", "byt5", "umt5")
+
+
+def _hf_is_umt5(hf: Mapping[str, Any]) -> bool:
+  """Per-layer position biases: model_type 'umt5', or (early umT5 uploads, which lack it or say
+  'mt5') a UMT5 architecture or `scalable_attention`."""
+  archs = hf.get("architectures") or ()
+  return (
+    hf.get("model_type") == "umt5"
+    or bool(hf.get("scalable_attention"))
+    or any(str(a).startswith("UMT5") for a in archs)
+  )
+
+
 def config_from_hf(hf_config, **overrides) -> T5Config:
-  """xt5 `T5Config` of an HF T5/mT5/ByT5 config (a `transformers` config or config.json dict).
+  """xt5 `T5Config` of an HF T5/mT5/ByT5/umT5 config (a `transformers` config or config.json
+  dict). umT5 (model_type 'umt5', see `_hf_is_umt5`) sets `relative_attention_per_layer`.
 
   `overrides` set xt5-only fields (`scan_layers`, `dtype`, `remat_policy`, ...).
   """
   hf = _hf_config_as_dict(hf_config)
   model_type = hf.get("model_type", "t5")
-  if model_type not in ("t5", "mt5", "byt5"):
+  if model_type not in _HF_MODEL_TYPES:
     raise ValueError(
-      f"model_type={model_type!r} is not supported (t5, mt5 only; umt5/longt5 "
-      "differ in architecture)"
+      f"model_type={model_type!r} is not supported (expected one of {_HF_MODEL_TYPES}; "
+      "longt5 differs in architecture)"
     )
   if hf.get("is_encoder_decoder", True) is False:
     raise ValueError("only encoder-decoder T5 configs can be converted")
@@ -149,13 +174,15 @@ def config_from_hf(hf_config, **overrides) -> T5Config:
     relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
     relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
     layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
+    relative_attention_per_layer=_hf_is_umt5(hf),
   )
   fields.update(overrides)
   return T5Config(**fields)
 
 
 def hf_config_dict(cfg: T5Config) -> dict:
-  """config.json of the `T5ForConditionalGeneration` that holds `cfg`'s params."""
+  """config.json of the `T5ForConditionalGeneration` (or, with `relative_attention_per_layer`,
+  the `UMT5ForConditionalGeneration`) that holds `cfg`'s params."""
   if cfg.architecture != "encoder_decoder":
     raise ValueError(
       f"architecture={cfg.architecture!r}: only encoder_decoder models have an HF T5 equivalent"
@@ -164,9 +191,10 @@ def hf_config_dict(cfg: T5Config) -> dict:
   if acts not in _XT5_TO_HF_ACTIVATION:
     raise ValueError(f"mlp_activations={acts} has no HF feed_forward_proj equivalent")
   tied = bool(cfg.logits_via_embedding)
-  return {
-    "architectures": ["T5ForConditionalGeneration"],
-    "model_type": "t5",
+  umt5 = cfg.relative_attention_per_layer
+  out = {
+    "architectures": ["UMT5ForConditionalGeneration" if umt5 else "T5ForConditionalGeneration"],
+    "model_type": "umt5" if umt5 else "t5",
     "vocab_size": cfg.vocab_size,
     "d_model": cfg.d_model,
     "d_kv": cfg.head_dim,
@@ -191,6 +219,9 @@ def hf_config_dict(cfg: T5Config) -> dict:
     "scale_decoder_outputs": tied,
     "torch_dtype": "float32",
   }
+  if umt5:  # UMT5Config has no such field (transformers 5 rescales whenever tied, see above)
+    del out["scale_decoder_outputs"]
+  return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,6 +262,10 @@ def _hf_leaf(path: tuple[str, ...]) -> Leaf:
   if path[1:] in (("encoder_norm", "scale"), ("decoder_norm", "scale")):
     return Leaf(f"{stack}.final_layer_norm.weight", "id")
   m = LAYER_RE.match(path[1])
+  if m and path[2:] == ("relpos_bias", "rel_embedding"):  # UMT5: one per layer
+    return Leaf(
+      f"{stack}.block.{m.group(1)}.layer.0.SelfAttention.relative_attention_bias.weight", "T"
+    )
   subs = _HF_ENC_SUB if stack == "encoder" else _HF_DEC_SUB
   if m and path[2] in subs:
     prefix = f"{stack}.block.{m.group(1)}.{subs[path[2]]}"
@@ -261,8 +296,9 @@ _HF_IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.
 def params_from_hf_state_dict(
   state_dict: Mapping[str, Any], cfg: T5Config, *, lm_head_from_shared: bool = False
 ) -> Params:
-  """xt5 params (float32 numpy, `cfg`'s layout) from an HF `T5ForConditionalGeneration` state
-  dict of numpy arrays or torch tensors.
+  """xt5 params (float32 numpy, `cfg`'s layout) from an HF `T5ForConditionalGeneration` (or,
+  with `relative_attention_per_layer`, `UMT5ForConditionalGeneration`) state dict of numpy
+  arrays or torch tensors.
 
   `shared.weight` may instead be present only as `encoder.embed_tokens.weight` /
   `decoder.embed_tokens.weight`. An untied `cfg` needs `lm_head.weight` unless
@@ -313,7 +349,8 @@ def params_from_hf_state_dict(
 
 
 def params_to_hf_state_dict(params: Params, cfg: T5Config) -> dict[str, np.ndarray]:
-  """HF `T5ForConditionalGeneration` state dict (float32 numpy, contiguous) of xt5 params.
+  """HF `T5ForConditionalGeneration` / `UMT5ForConditionalGeneration` state dict (float32 numpy,
+  contiguous) of xt5 params.
 
   Holds `shared.weight` once (HF ties the embed_tokens aliases) and `lm_head.weight` only for
   untied models.
@@ -412,7 +449,7 @@ def load_hf_config(hf_dir: str) -> dict:
 
 
 def load_hf(hf_dir: str, **overrides) -> tuple[T5Config, Params]:
-  """(xt5 config, params) of an HF T5 `save_pretrained` directory."""
+  """(xt5 config, params) of an HF T5 or UMT5 `save_pretrained` directory."""
   hf_cfg = load_hf_config(hf_dir)
   cfg = config_from_hf(hf_cfg, **overrides)
   # transformers 5 saves a T5.1.1 model built from a config with lm_head tied to `shared` (and
@@ -424,7 +461,8 @@ def load_hf(hf_dir: str, **overrides) -> tuple[T5Config, Params]:
 
 def save_hf(params: Params, cfg: T5Config, hf_dir: str):
   """Writes config.json, generation_config.json and model.safetensors for
-  `T5ForConditionalGeneration.from_pretrained(hf_dir)`."""
+  `T5ForConditionalGeneration.from_pretrained(hf_dir)` (`UMT5ForConditionalGeneration` with
+  `relative_attention_per_layer`)."""
   from safetensors.numpy import save_file
 
   sd = params_to_hf_state_dict(params, cfg)

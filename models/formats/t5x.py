@@ -3,18 +3,25 @@
   load_t5x_checkpoint(path) -> nested dict   orbax/tensorstore T5X dirs, or the older msgpack
                                              `checkpoint` file (tensorstore leaves resolved)
   params_from_t5x(t5x_tree, cfg) -> params   T5X `target` tree (scanned or not) -> xt5 tree
-  params_to_t5x(params, cfg, scanned=False)  the inverse
+  params_to_t5x(params, cfg, scanned=False,  the inverse (`scalable`: T5X's scalable T5 names)
+                scalable=False)
   config_from_t5x(t5x_tree, **overrides)     a `T5Config` with the shapes read off a T5X tree
 
-`config_from_t5x` reads vocab, d_model, heads, head_dim, d_ff, layer counts, gated or not and
-tied or not off the tree; the rest are T5 defaults (GEGLU when gated else ReLU, 32 buckets, max
-distance 128, eps 1e-6). `params_from_t5x` returns exactly the tree of `tree.param_shapes(cfg)`
-(float32 numpy, `cfg`'s layer layout) or raises `CheckpointMismatchError` naming every missing,
-unexpected or wrongly shaped tensor.
+Both of T5X's layouts are read: its T5 (examples/t5: 2-D attention kernels, one relative
+position bias per stack; scanned stacks named `layers`) and its scalable T5, which umT5 was
+trained with (examples/scalable_t5: 3-D attention kernels, a `relpos_bias` in every layer, so
+`relative_attention_per_layer`; scanned stacks named after the stack, `encoder/encoder/...`).
+
+`config_from_t5x` reads vocab, d_model, heads, head_dim, d_ff, layer counts, gated or not, tied
+or not and per-layer position biases or not off the tree; the rest are T5 defaults (GEGLU when
+gated else ReLU, 32 buckets, max distance 128, eps 1e-6). `params_from_t5x` returns exactly the
+tree of `tree.param_shapes(cfg)` (float32 numpy, `cfg`'s layer layout) or raises
+`CheckpointMismatchError` naming every missing, unexpected or wrongly shaped tensor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -45,17 +52,36 @@ from models.formats.tree import (
 # ----------------------------------------------------------------------------------------------
 # The mapping
 
-
 _T5X_ATTENTION = ("attention", "self_attention", "encoder_decoder_attention")
 
 
-def _t5x_leaf(path: tuple[str, ...]) -> Leaf:
-  """T5X name ('/'-joined, unrolled) and transform of one xt5 param path (unrolled or scanned:
-  the `layers` / `layers_{i}` element is kept as is)."""
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """How a T5X tree lays out its layers.
+
+  scan: None (unrolled, `layers_{i}`), 'layers' (one stacked `layers` subtree per stack) or
+    'stack' (scalable T5's stacked subtree named after its stack: `encoder/encoder/...`);
+  fused: attention kernels 2-D ([d_model, heads*head_dim]; out [heads*head_dim, d_model], T5X's
+    examples/t5) or 3-D as in xt5 ([d_model, heads, head_dim]; scalable T5).
+  """
+
+  scan: str | None = None
+  fused: bool = True
+
+  def layer_name(self, stack: str, xt5_name: str) -> str:
+    """The T5X name of xt5's `layers` / `layers_{i}` element of `stack`."""
+    return stack if self.scan == "stack" and xt5_name == "layers" else xt5_name
+
+
+def _t5x_leaf(path: tuple[str, ...], layout: _Layout = _Layout()) -> Leaf:
+  """T5X name ('/'-joined) and transform of one xt5 param path (unrolled or scanned: the
+  `layers_{i}` element is kept as is, `layers` renamed as `layout` says)."""
+  if len(path) >= 2:
+    path = (path[0], layout.layer_name(path[0], path[1])) + path[2:]
   if path == ("decoder", "logits_dense"):
     return Leaf("decoder/logits_dense/kernel", "id")
   if len(path) >= 2 and path[-2] in _T5X_ATTENTION:
-    kind = "out" if path[-1] == "out" else "qkv"
+    kind = ("out" if path[-1] == "out" else "qkv") if layout.fused else "id"
     return Leaf(path_str(path + ("kernel",)), kind)
   if len(path) >= 2 and path[-2] == "mlp":
     return Leaf(path_str(path + ("kernel",)), "id")
@@ -71,26 +97,38 @@ def _strip_t5x_wrappers(tree: Mapping) -> Mapping:
   return tree
 
 
-def _t5x_is_scanned(flat_names) -> bool:
-  return any("/layers/" in n for n in flat_names)
+def _t5x_layout(src: Mapping[str, np.ndarray]) -> _Layout:
+  """The `_Layout` of a flat {T5X name: array} tree, read off its names and kernel ranks."""
+  if any(re.match(r"^(encoder|decoder)/\1/", n) for n in src):
+    scan = "stack"
+  elif any("/layers/" in n for n in src):
+    scan = "layers"
+  else:
+    scan = None
+  query = [v for n, v in src.items() if n.endswith("/query/kernel")]
+  fused = not query or np.ndim(query[0]) == (3 if scan else 2)
+  return _Layout(scan, fused)
 
 
 def params_from_t5x(t5x_tree: Mapping, cfg: T5Config) -> Params:
   """xt5 params (float32 numpy, `cfg`'s layout) from a T5X params tree.
 
   Accepts the whole restored checkpoint (`{'target': ..., 'state': ...}`, or msgpack's
-  `{'optimizer': {'target': ...}}`) or just the target tree, scanned (one `layers` subtree,
-  layer axis at position 1 of every leaf) or unrolled (`layers_{i}`). Attention kernels are
-  2-D in T5X ([d_model, heads*head_dim], out [heads*head_dim, d_model]); dense kernels sit
-  under `.../kernel`. Raises `CheckpointMismatchError` naming every mismatch.
+  `{'optimizer': {'target': ...}}`) or just the target tree, scanned (one stacked subtree per
+  stack, `layers` or, as T5X's scalable T5 / umT5 name it, `encoder/encoder` and
+  `decoder/decoder`; layer axis at position 1 of every leaf) or unrolled (`layers_{i}`).
+  Attention kernels are 2-D in T5X's T5 ([d_model, heads*head_dim], out [heads*head_dim,
+  d_model]) and 3-D in scalable T5 (as in xt5); dense kernels sit under `.../kernel`. A
+  `relative_attention_per_layer` config (umT5, scalable T5) reads each layer's
+  `.../relpos_bias/rel_embedding`. Raises `CheckpointMismatchError` naming every mismatch.
   """
   src = {path_str(p): v for p, v in flatten(_strip_t5x_wrappers(t5x_tree)).items()}
-  scanned_src = _t5x_is_scanned(src)
-  expected = flatten(param_shapes(cfg.replace(scan_layers=scanned_src)))
+  layout = _t5x_layout(src)
+  expected = flatten(param_shapes(cfg.replace(scan_layers=layout.scan is not None)))
   missing, bad, out, used = [], [], {}, set()
   for path, sds in sorted(expected.items()):
     shape = tuple(sds.shape)
-    leaf = _t5x_leaf(path)
+    leaf = _t5x_leaf(path, layout)
     in_layers = "layers" in path
     if in_layers:  # T5X stacks at axis 1; xt5 at axis 0
       want = foreign_shape(leaf.kind, shape[1:])
@@ -113,19 +151,26 @@ def params_from_t5x(t5x_tree: Mapping, cfg: T5Config) -> Params:
   if missing or bad or unexpected:
     raise CheckpointMismatchError(mismatch_message("T5X checkpoint", missing, unexpected, bad))
   tree = unflatten(out)
-  if scanned_src != cfg.scan_layers:
+  if (layout.scan is not None) != cfg.scan_layers:
     tree = stack_layers(tree) if cfg.scan_layers else unstack_layers(tree)
   return tree
 
 
-def params_to_t5x(params: Params, cfg: T5Config, scanned: bool = False) -> Params:
-  """T5X target tree (float32 numpy) of xt5 params; `scanned` puts layers on axis 1."""
+def params_to_t5x(
+  params: Params, cfg: T5Config, scanned: bool = False, scalable: bool = False
+) -> Params:
+  """T5X target tree (float32 numpy) of xt5 params; `scanned` puts layers on axis 1.
+
+  `scalable`: T5X's scalable T5 layout (3-D attention kernels; scanned, `encoder/encoder/...`)
+  instead of T5X's T5 (2-D kernels; scanned, `encoder/layers/...`).
+  """
   check_params(params, cfg, "xt5 params")
   params = host(params)
   params = stack_layers(params) if scanned else unstack_layers(params)
+  layout = _Layout(("stack" if scalable else "layers") if scanned else None, fused=not scalable)
   out = {}
   for path, x in flatten(params).items():
-    leaf = _t5x_leaf(path)
+    leaf = _t5x_leaf(path, layout)
     y = from_xt5(leaf.kind, f32(x))
     if "layers" in path:
       y = np.moveaxis(y, 0, 1)
@@ -139,39 +184,49 @@ def config_from_t5x(t5x_tree: Mapping, **overrides) -> T5Config:
   `overrides` win over what is read off the tree (e.g. `mlp_activations`, `scan_layers`).
   """
   src = {path_str(p): v for p, v in flatten(_strip_t5x_wrappers(t5x_tree)).items()}
-  scanned = _t5x_is_scanned(src)
+  layout = _t5x_layout(src)
 
   def shape(name):
     if name not in src:
       raise CheckpointMismatchError(f"T5X checkpoint has no {name}; cannot infer the config")
     return tuple(np.shape(src[name]))
 
+  def layer(stack):  # the T5X name of the stack's (first) layer
+    return layout.layer_name(stack, "layers" if layout.scan else "layers_0")
+
   def count_layers(stack):
-    if scanned:
+    if layout.scan:
       for n in src:
-        if n.startswith(f"{stack}/layers/"):
+        if n.startswith(f"{stack}/{layer(stack)}/"):
           return shape(n)[1]
       return 0
     return len({n.split("/")[1] for n in src if re.match(rf"^{stack}/layers_\d+/", n)})
 
   encoder_decoder = any(n.startswith("encoder/") for n in src)
   vocab, d_model = shape("token_embedder/embedding")
-  heads, buckets = shape("decoder/relpos_bias/rel_embedding")
-  layer = "layers" if scanned else "layers_0"
-  inner = shape(f"decoder/{layer}/self_attention/query/kernel")[-1]
-  gated = f"decoder/{layer}/mlp/wi_0/kernel" in src
-  d_ff = shape(f"decoder/{layer}/mlp/{'wi_0' if gated else 'wi'}/kernel")[-1]
+  dec = f"decoder/{layer('decoder')}"
+  per_layer = "decoder/relpos_bias/rel_embedding" not in src and (
+    f"{dec}/relpos_bias/rel_embedding" in src
+  )
+  relpos = shape(
+    f"{dec}/relpos_bias/rel_embedding" if per_layer else "decoder/relpos_bias/rel_embedding"
+  )
+  heads, buckets = relpos[0], relpos[-1]  # [heads, (layers,) buckets]
+  query = shape(f"{dec}/self_attention/query/kernel")
+  gated = f"{dec}/mlp/wi_0/kernel" in src
+  d_ff = shape(f"{dec}/mlp/{'wi_0' if gated else 'wi'}/kernel")[-1]
   fields = dict(
     vocab_size=vocab,
     d_model=d_model,
     num_heads=heads,
-    head_dim=inner // heads,
+    head_dim=query[-1] // heads if layout.fused else query[-1],
     d_ff=d_ff,
     num_encoder_layers=count_layers("encoder") if encoder_decoder else 0,
     num_decoder_layers=count_layers("decoder"),
     mlp_activations=("gelu", "linear") if gated else ("relu",),
     logits_via_embedding="decoder/logits_dense/kernel" not in src,
     relative_attention_num_buckets=buckets,
+    relative_attention_per_layer=per_layer,
     architecture="encoder_decoder" if encoder_decoder else "decoder_only",
   )
   fields.update(overrides)

@@ -6,8 +6,10 @@ import pytest
 import configs
 from models import config as model_config
 
-FAMILIES = ("t5_1_0", "t5_1_1", "mt5", "byt5")
+FAMILIES = ("t5_1_0", "t5_1_1", "mt5", "byt5", "umt5")
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
+# umT5 was published in these sizes only (HF google/umt5-*, T5X's umT5 checkpoints).
+FAMILY_SIZES = {f: SIZES for f in FAMILIES} | {"umt5": ("tiny", "small", "base", "xl", "xxl")}
 
 # (d_model, num_heads, head_dim, num_encoder_layers, num_decoder_layers, d_ff): docs/design.md
 # and the papers. T5.1.0 xl/xxl are the 3B/11B models: d_model 1024 with wide heads and MLPs.
@@ -29,6 +31,7 @@ SHAPES = {
   },
   "t5_1_1": {"tiny": (32, 2, 16, 2, 2, 64), **T511_SHAPES},
   "mt5": {"tiny": (32, 2, 16, 2, 2, 64), **T511_SHAPES},
+  "umt5": {"tiny": (32, 2, 16, 2, 2, 64), **T511_SHAPES},
   "byt5": {
     "tiny": (32, 2, 16, 3, 1, 64),
     "small": (1472, 6, 64, 12, 4, 3584),
@@ -44,6 +47,7 @@ FAMILY_FIELDS = {
   "t5_1_1": (32128, ("gelu", "linear"), False),
   "mt5": (250112, ("gelu", "linear"), False),
   "byt5": (384, ("gelu", "linear"), False),
+  "umt5": (256384, ("gelu", "linear"), False),  # 256000 pieces + 300 extra ids, padded
 }
 
 
@@ -65,8 +69,9 @@ def load(family, size, bindings=()):
     gin.clear_config()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(
+  "family,size", [(f, s) for f in FAMILIES for s in FAMILY_SIZES[f]], ids="/".join
+)
 def test_published_shapes(family, size):
   cfg = load(family, size)
   assert isinstance(cfg, model_config.T5Config)
@@ -80,12 +85,14 @@ def test_published_shapes(family, size):
   )
   assert got == SHAPES[family][size]
   vocab, acts, tied = FAMILY_FIELDS[family]
-  if (family, size) == ("mt5", "tiny"):
-    vocab = 512  # mT5 tiny trades the 250k vocab for speed.
+  if (family, size) in (("mt5", "tiny"), ("umt5", "tiny")):
+    vocab = 512  # (u)mT5 tiny trades the 250k vocab for speed.
   assert (cfg.vocab_size, cfg.mlp_activations, cfg.logits_via_embedding) == (vocab, acts, tied)
   assert cfg.dtype == ("float32" if size == "tiny" else "bfloat16")
   assert cfg.dropout_rate == 0.0
   assert (cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance) == (32, 128)
+  # umT5's one difference from mT5's layers: a position bias in every layer
+  assert cfg.relative_attention_per_layer == (family == "umt5")
   assert cfg.layer_norm_epsilon == 1e-6
   assert (cfg.architecture, cfg.scan_layers, cfg.remat_policy) == ("encoder_decoder", False, "none")
 

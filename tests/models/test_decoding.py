@@ -21,7 +21,7 @@ from models.network import Transformer
 EOS = 1
 
 
-def tiny_config(architecture="encoder_decoder", scan_layers=False, vocab=64):
+def tiny_config(architecture="encoder_decoder", scan_layers=False, vocab=64, per_layer=False):
   return T5Config(
     vocab_size=vocab,
     d_model=32,
@@ -32,17 +32,24 @@ def tiny_config(architecture="encoder_decoder", scan_layers=False, vocab=64):
     num_decoder_layers=2,
     architecture=architecture,
     scan_layers=scan_layers,
+    relative_attention_per_layer=per_layer,
   )
 
 
 @functools.cache
 def make_model(
-  architecture="encoder_decoder", scan_layers=False, vocab=64, seed=0, head_scale=4.0, eos_scale=1.0
+  architecture="encoder_decoder",
+  scan_layers=False,
+  vocab=64,
+  seed=0,
+  head_scale=4.0,
+  eos_scale=1.0,
+  per_layer=False,
 ):
   """(module, params) of a tiny random model, params drawn with NumPy at the network's shapes
   (no init compile). `head_scale` sharpens the output distribution; `eos_scale` (> 1) makes EOS
-  likelier (for the EOS tests)."""
-  cfg = tiny_config(architecture, scan_layers, vocab)
+  likelier (for the EOS tests); `per_layer`: a position bias in every layer (umT5)."""
+  cfg = tiny_config(architecture, scan_layers, vocab, per_layer)
   module = Transformer(cfg)
   dec = jnp.ones((2, 4), jnp.int32)
   enc = dec if architecture == "encoder_decoder" else None
@@ -179,9 +186,9 @@ def assert_pad_after_eos(tokens):
 # Greedy: cache path == no-cache path; == HF generate
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_greedy_encoder_decoder_matches_no_cache_reference(scan_layers):
-  module, params = make_model(scan_layers=scan_layers)
+@pytest.mark.parametrize("scan_layers,per_layer", [(False, False), (True, False), (True, True)])
+def test_greedy_encoder_decoder_matches_no_cache_reference(scan_layers, per_layer):
+  module, params = make_model(scan_layers=scan_layers, per_layer=per_layer)
   enc, L = encoder_batch(), L_ENC
   out = decoding.greedy_decode(
     module, params, encoder_input_tokens=jnp.asarray(enc), max_decode_length=L
@@ -207,9 +214,12 @@ def prompt_array(prompts, width):
   return arr
 
 
-@pytest.mark.parametrize("scan_layers,prefix_lm", [(False, False), (True, True), (False, True)])
-def test_greedy_decoder_only_prompts_match_no_cache_reference(scan_layers, prefix_lm):
-  module, params = make_model("decoder_only", scan_layers=scan_layers, seed=1)
+@pytest.mark.parametrize(
+  "scan_layers,prefix_lm,per_layer",
+  [(False, False, False), (True, True, False), (False, True, False), (True, True, True)],
+)
+def test_greedy_decoder_only_prompts_match_no_cache_reference(scan_layers, prefix_lm, per_layer):
+  module, params = make_model("decoder_only", scan_layers=scan_layers, seed=1, per_layer=per_layer)
   L = 8
   prompt_BP = prompt_array(PROMPTS, 7)  # one extra pad column: P > every prompt
   out = decoding.greedy_decode(
@@ -366,13 +376,16 @@ def test_beam_search_is_exact_on_a_tiny_vocabulary():
 
 
 @pytest.mark.parametrize(
-  "architecture,scan_layers", [("encoder_decoder", True), ("decoder_only", False)]
+  "architecture,scan_layers,per_layer",
+  [("encoder_decoder", True, False), ("decoder_only", False, False), ("decoder_only", True, True)],
 )
-def test_beam_scores_match_teacher_forcing(architecture, scan_layers):
+def test_beam_scores_match_teacher_forcing(architecture, scan_layers, per_layer):
   """4 beams, alpha 0.6, vocab 64: every returned beam's score equals the length-penalised
   teacher-forced log-prob of its tokens (this checks the beam-reordered cache), and beams are
   distinct and sorted."""
-  module, params = make_model(architecture, scan_layers=scan_layers, seed=5, eos_scale=2.0)
+  module, params = make_model(
+    architecture, scan_layers=scan_layers, seed=5, eos_scale=2.0, per_layer=per_layer
+  )
   L, W = 10, 4
   if architecture == "encoder_decoder":
     enc = encoder_batch(B=3, seed=2)

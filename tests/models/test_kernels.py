@@ -98,6 +98,14 @@ def test_encoder_decoder_outputs_and_grads_agree():
   _assert_paths_agree(TINY, _inputs(TINY, np.random.default_rng(0)))
 
 
+def test_per_layer_biases_scanned_outputs_and_grads_agree():
+  """umT5: each layer's position bias takes its gradient through either kernel, under scan."""
+  cfg = TINY.replace(
+    relative_attention_per_layer=True, scan_layers=True, num_encoder_layers=2, num_decoder_layers=2
+  )
+  _assert_paths_agree(cfg, _inputs(cfg, np.random.default_rng(4)))
+
+
 def _packed(cfg, seed):
   inputs = _inputs(cfg, np.random.default_rng(seed), B=1, S=9, T=7)
   inputs["decoder_segment_ids"] = jnp.asarray([[1, 1, 1, 1, 2, 2, 2]])

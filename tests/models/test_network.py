@@ -20,6 +20,7 @@ TINY = T5Config(
   num_decoder_layers=2,
 )
 TINY_LM = TINY.replace(architecture="decoder_only", num_encoder_layers=0)
+TINY_UMT5 = TINY.replace(relative_attention_per_layer=True)  # a position bias in every layer
 
 
 def _batch(rng, B=2, S=9, T=6, vocab=64):
@@ -67,6 +68,7 @@ def test_every_param_has_logical_axes_of_matching_rank():
     TINY.replace(scan_layers=True),
     TINY_LM,
     TINY.replace(mlp_activations=("relu",), logits_via_embedding=True),
+    TINY_UMT5.replace(scan_layers=True),
   ):
     _, boxed = _init(cfg, _batch(np.random.default_rng(0)))
     leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
@@ -98,7 +100,11 @@ def test_variants_by_config():
   assert "encoder" not in p and "encoder_decoder_attention" not in p["decoder"]["layers_0"]
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_LM], ids=["enc_dec", "decoder_only"])
+@pytest.mark.parametrize(
+  "cfg",
+  [TINY, TINY_LM, TINY_UMT5, TINY_UMT5.replace(architecture="decoder_only", num_encoder_layers=0)],
+  ids=["enc_dec", "decoder_only", "umt5", "umt5_decoder_only"],
+)
 def test_scan_equals_unrolled(cfg):
   batch = _batch(np.random.default_rng(1))
   model, boxed = _init(cfg, batch)
@@ -116,10 +122,15 @@ def test_scan_equals_unrolled(cfg):
   assert shapes(nn.unbox(boxed_s)) == shapes(_stack_layers(params, cfg))
 
 
-@pytest.mark.parametrize("policy", ["full", "minimal"])
-def test_remat_keeps_loss_and_grads(policy):
+@pytest.mark.parametrize(
+  "base,policy",
+  [(TINY, "full"), (TINY, "minimal"), (TINY_UMT5, "full")],
+  ids=["full", "minimal", "umt5"],
+)
+def test_remat_keeps_loss_and_grads(base, policy):
+  """Remat and scan keep the loss and every gradient, per-layer position biases' included."""
   batch = _batch(np.random.default_rng(2))
-  model, boxed = _init(TINY, batch)
+  model, boxed = _init(base, batch)
   params = nn.unbox(boxed)
 
   def grads(m):
@@ -127,7 +138,7 @@ def test_remat_keeps_loss_and_grads(policy):
 
   ref = grads(model)
   for scan in (False, True):
-    cfg = TINY.replace(remat_policy=policy, scan_layers=scan)
+    cfg = base.replace(remat_policy=policy, scan_layers=scan)
     p = _stack_layers(params, cfg) if scan else params
     g = jax.grad(lambda p: losses.loss_fn(Transformer(cfg), p, batch)[0])(p)
     r = _stack_layers(ref, cfg) if scan else ref
@@ -136,10 +147,42 @@ def test_remat_keeps_loss_and_grads(policy):
     )
 
 
-def test_packed_rows_equal_separate_rows():
+def test_per_layer_position_biases():
+  """umT5's biases are per layer: with the stack's bias copied into every layer it computes what
+  T5 computes; another bias in one layer changes the output; the params sit in each layer with
+  T5's logical axes (and 'layers' first under scan)."""
+  batch = _batch(np.random.default_rng(5))
+  inputs = {k: v for k, v in batch.items() if k != "decoder_target_tokens"}
+  t5, boxed = _init(TINY, batch)
+  p_t5 = nn.unbox(boxed)
+  umt5, boxed_u = _init(TINY_UMT5, batch)
+  p_u = jax.tree_util.tree_map(lambda x: x, p_t5)  # new containers, same leaves
+  for stack in ("encoder", "decoder"):
+    bias = p_u[stack].pop("relpos_bias")
+    for i in range(2):
+      p_u[stack][f"layers_{i}"]["relpos_bias"] = bias
+  shapes = lambda t: jax.tree_util.tree_map(np.shape, t)
+  assert shapes(p_u) == shapes(nn.unbox(boxed_u))  # exactly umT5's tree
+  ref = t5.apply({"params": p_t5}, **inputs)
+  np.testing.assert_array_equal(umt5.apply({"params": p_u}, **inputs), ref)
+  for stack in ("encoder", "decoder"):
+    changed = jax.tree_util.tree_map(lambda x: x, p_u)
+    bias = changed[stack]["layers_1"]["relpos_bias"]["rel_embedding"]
+    noise = np.random.default_rng(6).normal(size=bias.shape)  # not a constant: softmax ignores it
+    changed[stack]["layers_1"]["relpos_bias"] = {"rel_embedding": bias + noise}
+    assert not np.allclose(umt5.apply({"params": changed}, **inputs), ref, atol=1e-3), stack
+  _, boxed_s = _init(TINY_UMT5.replace(scan_layers=True), batch)
+  rel = boxed_s["encoder"]["layers"]["relpos_bias"]["rel_embedding"]
+  assert rel.names == ("layers", "heads", "relpos_buckets") and rel.value.shape == (2, 2, 32)
+  rel = boxed_u["decoder"]["layers_0"]["relpos_bias"]["rel_embedding"]
+  assert rel.names == ("heads", "relpos_buckets")
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_UMT5], ids=["t5", "umt5"])
+def test_packed_rows_equal_separate_rows(cfg):
   rng = np.random.default_rng(3)
   a, b = _batch(rng, B=1, S=5, T=4), _batch(rng, B=1, S=4, T=3)
-  model, boxed = _init(TINY, a)
+  model, boxed = _init(cfg, a)
   params = nn.unbox(boxed)
   cat = lambda k: jnp.concatenate([a[k], b[k]], axis=1)
   packed = {

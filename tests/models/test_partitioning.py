@@ -387,3 +387,22 @@ def test_scan_layers_match_unrolled_under_2d_mesh(model, abstract, host_params, 
     logits[m.config.scan_layers] = jax.device_get(fwd(jax.device_put(p, psh), inputs))
   assert logits[True].shape == (B, L, CFG.vocab_size)
   assert_close(logits[True], logits[False], "logits")
+
+
+def test_per_layer_position_biases_shard_like_the_stack_bias(abstract, batch):
+  """umT5's per-layer biases carry the stack bias's axes ('heads', 'relpos_buckets'), so every
+  rule set places them as it places T5's; under scan the 'layers' axis stays unsharded."""
+  cfg = CFG.replace(relative_attention_per_layer=True)
+  for scan in (False, True):
+    per_layer = pt.abstract_params(network.Transformer(cfg.replace(scan_layers=scan)), batch)
+    for name, shape in CASES:
+      placement = pt.Placement(pt.make_mesh(**shape), name)
+      want = placement.logical_specs(abstract)
+      got = placement.logical_specs(per_layer)
+      for stack in ("encoder", "decoder"):
+        spec = want[stack]["relpos_bias"]["rel_embedding"]
+        if scan:
+          assert got[stack]["layers"]["relpos_bias"]["rel_embedding"] == P(None, *spec)
+        else:
+          assert got[stack]["layers_1"]["relpos_bias"]["rel_embedding"] == spec
+        assert "relpos_bias" not in got[stack]

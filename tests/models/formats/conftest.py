@@ -23,6 +23,8 @@ RELU_TIED = GATED.replace(
   mlp_activations=("relu",), logits_via_embedding=True, num_encoder_layers=2
 )
 DECODER_ONLY = GATED.replace(architecture="decoder_only", num_encoder_layers=0)
+# umT5 / T5X's scalable T5: a relative position bias in every layer.
+UMT5 = GATED.replace(relative_attention_per_layer=True)
 
 
 def random_params(cfg: T5Config, seed: int = 0):

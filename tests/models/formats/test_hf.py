@@ -15,6 +15,7 @@ from tests.models.formats.conftest import (
   DECODER_ONLY,
   GATED,
   RELU_TIED,
+  UMT5,
   assert_trees_equal,
   random_params,
 )
@@ -98,6 +99,49 @@ def test_hf_config_object():
   for cfg in (GATED, RELU_TIED):
     hf_cfg = transformers.T5Config(**hf.hf_config_dict(cfg))
     assert hf.config_from_hf(hf_cfg) == cfg
+
+
+def test_umt5_state_dict_has_a_bias_per_layer():
+  params = random_params(UMT5)
+  sd = hf.params_to_hf_state_dict(params, UMT5)
+  bias = "SelfAttention.relative_attention_bias.weight"
+  want = {f"encoder.block.{i}.layer.0.{bias}" for i in range(3)}
+  want |= {f"decoder.block.{i}.layer.0.{bias}" for i in range(2)}
+  assert {k for k in sd if "relative_attention_bias" in k} == want
+  np.testing.assert_array_equal(
+    sd[f"encoder.block.2.layer.0.{bias}"],  # [buckets, heads]
+    params["encoder"]["layers_2"]["relpos_bias"]["rel_embedding"].T,
+  )
+  assert_trees_equal(hf.params_from_hf_state_dict(sd, UMT5), params)
+  # a T5 checkpoint (one bias per stack) is not a umT5 one, and the other way round
+  with pytest.raises(tree.CheckpointMismatchError) as e:
+    hf.params_from_hf_state_dict(hf.params_to_hf_state_dict(random_params(GATED), GATED), UMT5)
+  assert f"encoder.block.1.layer.0.{bias}: expected shape (32, 3)" in str(e.value)
+  with pytest.raises(tree.CheckpointMismatchError) as e:
+    hf.params_from_hf_state_dict(sd, GATED)
+  assert f"decoder.block.1.layer.0.{bias}: shape (32, 3)" in str(e.value)
+
+
+def test_umt5_config_round_trip():
+  d = hf.hf_config_dict(UMT5)
+  assert (d["model_type"], d["architectures"]) == ("umt5", ["UMT5ForConditionalGeneration"])
+  assert d["tie_word_embeddings"] is False and "scale_decoder_outputs" not in d
+  assert hf.config_from_hf(d) == UMT5
+  assert hf.hf_config_dict(GATED)["model_type"] == "t5"
+  # early umT5 uploads: model_type 'mt5' or none, but scalable_attention / a UMT5 architecture
+  t5 = {k: v for k, v in hf.hf_config_dict(GATED).items() if k not in ("architectures",)}
+  assert hf.config_from_hf(
+    {**t5, "model_type": "mt5", "scalable_attention": True}
+  ) == GATED.replace(relative_attention_per_layer=True)
+  no_type = {k: v for k, v in d.items() if k != "model_type"}
+  assert hf.config_from_hf(no_type).relative_attention_per_layer
+  assert not hf.config_from_hf({**t5, "model_type": "mt5"}).relative_attention_per_layer
+  with pytest.raises(ValueError, match="model_type='longt5' is not supported"):
+    hf.config_from_hf({**t5, "model_type": "longt5"})
+  transformers = pytest.importorskip("transformers")
+  hf_cfg = transformers.UMT5Config(**d)  # transformers accepts what we write
+  # (transformers 5 forces tie_word_embeddings=True on the object; see models/formats/hf.py)
+  assert hf.config_from_hf(hf_cfg).replace(logits_via_embedding=False) == UMT5
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,12 +20,15 @@ from tests.models.formats.conftest import (
   DECODER_ONLY,
   GATED,
   RELU_TIED,
+  UMT5,
   assert_trees_equal,
   random_params,
 )
 
 
-@pytest.mark.parametrize("cfg", [GATED, RELU_TIED, DECODER_ONLY], ids=["gated", "tied", "lm"])
+@pytest.mark.parametrize(
+  "cfg", [GATED, RELU_TIED, DECODER_ONLY, UMT5], ids=["gated", "tied", "lm", "umt5"]
+)
 def test_t5x_mapping_round_trip(cfg):
   params = random_params(cfg)
   H, K, D = cfg.num_heads, cfg.head_dim, cfg.d_model
@@ -151,3 +154,84 @@ def test_load_t5x_msgpack_checkpoint(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="not a T5X checkpoint"):
     load_t5x_checkpoint(str(tmp_path / "empty"))
+
+
+# ----------------------------------------------------------------------------------------------
+# T5X's scalable T5 (umT5): 3-D attention kernels, a relpos_bias in every layer, scanned stacks
+# named after the stack.
+
+
+def _names(tree, prefix=""):
+  return {
+    n
+    for k, v in tree.items()
+    for n in (_names(v, f"{prefix}{k}/") if isinstance(v, dict) else [f"{prefix}{k}"])
+  }
+
+
+def test_scalable_t5_names_and_layout():
+  params = random_params(UMT5)
+  H, K, D, B = UMT5.num_heads, UMT5.head_dim, UMT5.d_model, 32
+  enc_layer = {
+    "attention/query/kernel",
+    "attention/key/kernel",
+    "attention/value/kernel",
+    "attention/out/kernel",
+    "mlp/wi_0/kernel",
+    "mlp/wi_1/kernel",
+    "mlp/wo/kernel",
+    "pre_attention_layer_norm/scale",
+    "pre_mlp_layer_norm/scale",
+    "relpos_bias/rel_embedding",
+  }
+  ours = params["encoder"]["layers_1"]
+  for scanned in (False, True):
+    t5x = params_to_t5x(params, UMT5, scanned=scanned, scalable=True)
+    layer = "encoder" if scanned else "layers_1"  # scanned: encoder/encoder/..., layer axis 1
+    names = _names(t5x)
+    assert {n.split("/", 2)[2] for n in names if n.startswith(f"encoder/{layer}/")} == enc_layer
+    assert "encoder/relpos_bias/rel_embedding" not in names
+    rel = t5x["encoder"][layer]["relpos_bias"]["rel_embedding"]
+    q = t5x["encoder"][layer]["attention"]["query"]["kernel"]
+    o = t5x["encoder"][layer]["attention"]["out"]["kernel"]
+    if scanned:
+      assert rel.shape == (H, 3, B) and q.shape == (D, 3, H, K) and o.shape == (H, 3, K, D)
+      rel, q, o = rel[:, 1], q[:, 1], o[:, 1]
+    assert rel.shape == (H, B) and q.shape == (D, H, K) and o.shape == (H, K, D)
+    np.testing.assert_array_equal(rel, ours["relpos_bias"]["rel_embedding"])
+    np.testing.assert_array_equal(q, ours["attention"]["query"])
+    np.testing.assert_array_equal(o, ours["attention"]["out"])
+    # read back into both xt5 layouts; the config is read off the names and shapes
+    wrapped = {"target": t5x, "state": {"step": np.int32(1)}}
+    assert_trees_equal(params_from_t5x(wrapped, UMT5), params)
+    assert_trees_equal(params_from_t5x(t5x, UMT5.replace(scan_layers=True)), stack_layers(params))
+    assert config_from_t5x(wrapped) == UMT5
+  # 3-D kernels and one bias per stack: head_dim and the bias are each read as they are
+  assert config_from_t5x(params_to_t5x(random_params(GATED), GATED, True, True)) == GATED
+
+
+def test_per_layer_mismatch_is_named():
+  t5 = params_to_t5x(random_params(GATED), GATED, scanned=True)
+  with pytest.raises(CheckpointMismatchError) as e:  # a T5 checkpoint under a umT5 config
+    params_from_t5x(t5, UMT5)
+  msg = str(e.value)
+  assert "encoder/layers/relpos_bias/rel_embedding: expected shape (3, 3, 32)" in msg
+  assert "encoder/relpos_bias/rel_embedding: shape (3, 32)" in msg
+  umt5 = params_to_t5x(random_params(UMT5), UMT5, scanned=True, scalable=True)
+  del umt5["decoder"]["decoder"]["relpos_bias"]
+  with pytest.raises(CheckpointMismatchError) as e:
+    params_from_t5x(umt5, UMT5)
+  assert "decoder/decoder/relpos_bias/rel_embedding: expected shape (3, 2, 32)" in str(e.value)
+
+
+def test_from_t5x_reads_a_umt5_checkpoint(tmp_path):
+  import orbax.checkpoint as ocp
+
+  params = random_params(UMT5)
+  ckpt = tmp_path / "checkpoint_1000000"
+  target = params_to_t5x(params, UMT5, scanned=True, scalable=True)
+  ocp.PyTreeCheckpointer().save(str(ckpt), {"target": target, "state": {"step": np.int32(1)}})
+  assert cli.main(["from-t5x", str(ckpt), str(tmp_path / "out")]) == 0
+  cfg, got = xt5.load_checkpoint(str(tmp_path / "out"))
+  assert cfg == UMT5
+  assert_trees_equal(got, params)
