@@ -44,6 +44,7 @@ bench: prepare
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.train_loop
 	$(PY) -m bench.scale
+	$(PY) -m bench.resume
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -78,15 +78,19 @@ def get_dataset(
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def empty_message(what: str) -> str:
+  return (
+    f"{what} yielded no examples: its source is empty or every example was filtered out "
+    f"(empty text, or a split with no data for this language)."
+  )
+
+
 def as_numpy(dataset: tf.data.Dataset, what: str) -> Iterator[dict[str, np.ndarray]]:
   """Iterates numpy batches; a dataset that yields nothing at all is an error naming `what`."""
   iterator = dataset.as_numpy_iterator()
   try:
     first = next(iterator)
   except StopIteration:
-    raise EmptyDatasetError(
-      f"{what} yielded no examples: its source is empty or every example was filtered out "
-      f"(empty text, or a split with no data for this language)."
-    ) from None
+    raise EmptyDatasetError(empty_message(what)) from None
   yield first
   yield from iterator

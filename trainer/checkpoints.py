@@ -6,9 +6,17 @@ its last committed checkpoint. Built on orbax's `CheckpointManager` (async saves
     step, state, data_state = ckpt.restore(abstract_state)       # newest usable checkpoint
     ckpt.close()                                                 # waits for the background write
 
+`save(..., data_iterator=files)` also stores this process's serialized input-pipeline iterator
+(`TrainStream.iterator_state()`: {suffix: bytes}); `restore(..., data_iterator=True)` returns it
+as a fourth element (None when the step has none: saved before iterators were stored, or by a
+pipeline tf.data cannot checkpoint).
+
 Layout of DIRECTORY:
   <step>/state/                  orbax PyTreeSave of the state pytree (OCDBT, zarr3)
   <step>/data_state/metadata     orbax JsonSave of the small data-pipeline dict
+  <step>/data_iterator/process_<i>.<suffix>   process i's tf.data iterator checkpoint
+                                 (`process_<i>.index`, `process_<i>.data-00000-of-00001`); absent
+                                 in steps saved before xt5 stored iterators
   <step>/_CHECKPOINT_METADATA, <step>/commit_success.txt      orbax's step metadata
   <step>/xt5_manifest.json       {"version": 1, "files": {relative path: {"size", "sha256"}}} of
                                  every file of the step except orbax's two step-metadata files
@@ -41,6 +49,7 @@ process 0 writes manifests or moves and removes directories.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import errno
 import hashlib
 import json
@@ -63,9 +72,60 @@ _TMP_SUFFIX = ocp.path.atomicity_types.TMP_DIR_SUFFIX  # ".orbax-checkpoint-tmp"
 _UNHASHED = frozenset({"_CHECKPOINT_METADATA", "commit_success.txt", MANIFEST, MANIFEST + ".tmp"})
 
 
+ITERATOR_ITEM = "data_iterator"
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint could not be saved or restored; the message names the directory, the step or
   the file, and what to do."""
+
+
+def _iterator_process() -> int:
+  """Whose iterator files this process writes and reads (tests stand in for other processes)."""
+  return jax.process_index()
+
+
+class IteratorFilesHandler(ocp.CheckpointHandler):
+  """Orbax handler for each process's serialized input-pipeline iterator: process i writes its
+  files as `process_<i>.<suffix>` into the item's directory of the step being saved, so they
+  commit atomically with the step and process 0's manifest covers them.
+
+  The bytes are taken from the iterator by the caller, on the training thread at the step being
+  saved; this handler only writes them (orbax runs it before the save returns)."""
+
+  def save(self, directory, args: IteratorFilesSave) -> None:
+    prefix = f"process_{_iterator_process()}."
+    for suffix, blob in (args.files or {}).items():
+      (directory / (prefix + suffix)).write_bytes(blob)
+
+  def restore(self, directory, args: IteratorFilesRestore | None = None) -> dict | None:
+    del args
+    prefix = f"process_{_iterator_process()}."
+    names = [p.name for p in directory.iterdir() if p.name.startswith(prefix)]
+    if not names:
+      return None
+    return {name[len(prefix) :]: (directory / name).read_bytes() for name in sorted(names)}
+
+  def metadata(self, directory):
+    return None
+
+  def finalize(self, directory) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+@ocp.args.register_with_handler(IteratorFilesHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorFilesSave(ocp.args.CheckpointArgs):
+  files: dict | None = None  # {suffix: bytes}; None or {}: nothing stored for this process
+
+
+@ocp.args.register_with_handler(IteratorFilesHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorFilesRestore(ocp.args.CheckpointArgs):
+  pass
 
 
 def _free_bytes(directory: str) -> int:
@@ -248,6 +308,7 @@ class Checkpointer:
     handlers = {
       "state": ocp.PyTreeCheckpointHandler(use_compression=compress),
       "data_state": ocp.JsonCheckpointHandler(),
+      ITERATOR_ITEM: IteratorFilesHandler(),
     }
     self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
@@ -260,8 +321,17 @@ class Checkpointer:
     steps = self.steps()
     return steps[-1] if steps else None
 
-  def save(self, step: int, state: Any, data_state: dict, *, wait: bool = False) -> None:
-    """Saves `state` (a pytree of jax arrays) and `data_state` (a JSON dict) as `step`.
+  def save(
+    self,
+    step: int,
+    state: Any,
+    data_state: dict,
+    *,
+    data_iterator: dict[str, bytes] | None = None,
+    wait: bool = False,
+  ) -> None:
+    """Saves `state` (a pytree of jax arrays) and `data_state` (a JSON dict) as `step`, with
+    this process's `data_iterator` files ({suffix: bytes}) when given.
 
     Returns once the arrays are copied to host memory; the write goes on in the background and
     its failure is raised by wait(), close() or the next save()."""
@@ -296,7 +366,9 @@ class Checkpointer:
     self._mngr.reload()  # orbax's list of steps must match the disk for keep-K
     self._saving = step
     args = ocp.args.Composite(
-      state=ocp.args.PyTreeSave(state), data_state=ocp.args.JsonSave(data_state)
+      state=ocp.args.PyTreeSave(state),
+      data_state=ocp.args.JsonSave(data_state),
+      **{ITERATOR_ITEM: IteratorFilesSave(dict(data_iterator or {}))},
     )
     try:
       self._mngr.save(step, args=args, force=True)  # force: orbax may not skip it silently
@@ -305,19 +377,31 @@ class Checkpointer:
     if wait or not self._async:
       self.wait()
 
-  def restore(self, target: Any, step: int | None = None) -> tuple[int, Any, dict]:
-    """(step, state, data_state) of `step`, or of the newest usable step when None.
+  def restore(
+    self, target: Any, step: int | None = None, *, data_iterator: bool = False
+  ) -> tuple[int, Any, dict] | tuple[int, Any, dict, dict[str, bytes] | None]:
+    """(step, state, data_state) of `step`, or of the newest usable step when None; with
+    `data_iterator`, also this process's iterator files ({suffix: bytes}, or None when the step
+    has none for this process).
 
     `target` is a pytree like the state of arrays or of `jax.ShapeDtypeStruct`s with
     shardings: the state is restored onto those shardings, whatever mesh saved it."""
-    args = ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target)),
-      data_state=ocp.args.JsonRestore(),
-    )
+    items = {
+      "state": ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target)),
+      "data_state": ocp.args.JsonRestore(),
+    }
 
     def load(s):
-      restored = self._mngr.restore(s, args=args)
-      return s, restored["state"], dict(restored["data_state"])
+      args = dict(items)
+      # steps saved before iterators were stored have no such item
+      has_iterator = os.path.isdir(os.path.join(self.directory, str(s), ITERATOR_ITEM))
+      if data_iterator and has_iterator:
+        args[ITERATOR_ITEM] = IteratorFilesRestore()
+      restored = self._mngr.restore(s, args=ocp.args.Composite(**args))
+      result = s, restored["state"], dict(restored["data_state"])
+      if data_iterator:
+        result += (restored[ITERATOR_ITEM] if has_iterator else None,)
+      return result
 
     return self._restore_usable(step, load)
 

@@ -285,10 +285,10 @@ def train(
   )
   write_config(model_dir, model_config, operative_gin)
 
-  data_state = None
+  data_state = iterator_state = None
   if ckpt.latest_step() is not None:
     target = state_lib.abstract_state(module, tx, example, shardings)
-    start_step, state, data_state = ckpt.restore(target)
+    start_step, state, data_state, iterator_state = ckpt.restore(target, data_iterator=True)
     log.info("resuming from %s step %d", ckpt.directory, start_step)
   else:
     params = None
@@ -298,10 +298,9 @@ def train(
       module, tx, jax.random.key(seed), example, placement, shardings, params
     )
     start_step = 0
-  skip, note = data.TrainStream.start_batch(data_state, dataset)
+  stream, note = data.TrainStream.resume(dataset, data_state, iterator_state)
   if note:
     log.warning(note)
-  stream = data.TrainStream(dataset, skip)
 
   step_fn = make_train_step_fn(
     module,
@@ -388,7 +387,9 @@ def train(
           jax.block_until_ready(window.steps[-2][1]["loss"])
           logger.advance(step - 1)
         if save_now:
-          ckpt.save(step, state, stream.state(), wait=stopping)
+          ckpt.save(
+            step, state, stream.state(), data_iterator=stream.iterator_state(), wait=stopping
+          )
           last_saved = step
         if stopping:
           stopped_by = stop.received or "preemption"

@@ -61,3 +61,14 @@ def test_train_loop_bench_runs_and_reports_overhead(capsys, builtin_data):
   # 2 rounds of 3 steps, rounded up to whole log windows of 2: 8 timed steps, whose windows
   # (steps 2-5 after a 2-step warm-up, then 8-11) hold the saves after steps 3 and 9
   assert result["timed_loop_steps"] == 8 and result["checkpoints_in_window"] == 2
+
+
+@pytest.mark.slow
+def test_resume_bench_runs_and_reports_restore_times(capsys, builtin_data):
+  from bench import resume  # noqa: PLC0415 (imports tasks: TensorFlow)
+
+  resume.main(["--task", "mono", "--batch", "2", "--length", "32", "--at", "1,3"])
+  result = _last_json(capsys)
+  assert result["bench"] == "resume"
+  assert result["restore_s_at_1"] > 0 and result["restore_s_at_3"] > 0
+  assert result["state_bytes"] == max(result["state_bytes_at_1"], result["state_bytes_at_3"]) > 0

@@ -392,3 +392,46 @@ def test_save_lowers_the_tensorstore_writer_threads_to_nice_19(tmp_path):
     assert os.getpriority(os.PRIO_PROCESS, caller) == caller_nice  # the trainer's own thread
   finally:
     release.set()
+
+
+ITERATOR = {"index": b"\x01index", "data-00000-of-00001": os.urandom(4096)}
+
+
+def test_iterator_files_commit_with_the_step_per_process(tmp_path):
+  with Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(1, small_state(1), {"batches_consumed": 1})  # a step without iterator files
+    ckpt.save(2, small_state(2), {"batches_consumed": 2}, data_iterator=ITERATOR, wait=True)
+    files = sorted(os.listdir(tmp_path / "2" / checkpoints.ITERATOR_ITEM))
+    files = [f for f in files if f.startswith("process_")]  # orbax adds commit_success.txt
+    assert files == ["process_0.data-00000-of-00001", "process_0.index"]
+    manifest = json.loads((tmp_path / "2" / MANIFEST).read_text())["files"]
+    assert "data_iterator/process_0.index" in manifest
+    step, _, data_state, iterator = ckpt.restore(abstract(small_state(0)), data_iterator=True)
+    assert (step, data_state["batches_consumed"], iterator) == (2, 2, ITERATOR)
+    assert ckpt.restore(abstract(small_state(0)), step=1, data_iterator=True)[3] is None
+    assert len(ckpt.restore(abstract(small_state(0)))) == 3  # the old signature
+
+
+def test_iterator_files_of_other_processes_are_not_read(tmp_path, monkeypatch):
+  with Checkpointer(str(tmp_path)) as ckpt:
+    monkeypatch.setattr(checkpoints, "_iterator_process", lambda: 1)
+    ckpt.save(3, small_state(3), {}, data_iterator=ITERATOR, wait=True)
+    names = os.listdir(tmp_path / "3" / checkpoints.ITERATOR_ITEM)
+    assert {n.split(".")[0] for n in names if n.startswith("process_")} == {"process_1"}
+    assert ckpt.restore(abstract(small_state(0)), data_iterator=True)[3] == ITERATOR
+    monkeypatch.setattr(checkpoints, "_iterator_process", lambda: 0)
+    assert ckpt.restore(abstract(small_state(0)), data_iterator=True)[3] is None
+
+
+def test_damaged_iterator_file_falls_back_to_the_previous_step(tmp_path, caplog):
+  with Checkpointer(str(tmp_path)) as ckpt:
+    for step in (1, 2):
+      ckpt.save(step, small_state(step), {"batches_consumed": step}, data_iterator=ITERATOR)
+  victim = tmp_path / "2" / checkpoints.ITERATOR_ITEM / "process_0.data-00000-of-00001"
+  blob = bytearray(victim.read_bytes())
+  blob[100:164] = os.urandom(64)
+  victim.write_bytes(bytes(blob))
+  with Checkpointer(str(tmp_path)) as ckpt:
+    step, _, data_state, iterator = ckpt.restore(abstract(small_state(0)), data_iterator=True)
+  assert (step, data_state["batches_consumed"], iterator) == (1, 1, ITERATOR)
+  assert "checkpoint step 2" in caplog.text and "process_0.data-00000-of-00001" in caplog.text
