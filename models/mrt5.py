@@ -14,6 +14,7 @@ on the compacted sequence, each kept token keeping its original position for the
 position bias. The network wiring is in `models.network` (Encoder, Transformer).
 
 Everything here is a pure function or a small Flax module; the trainer calls:
+  gate_values(intermediates)                       G [B, S] sowed by the forward pass
   gate_regularizer(gate_BS, real_BS, alpha)        α · mean(G) over real tokens (the loss term)
   deleted_fraction(gate_BS, real_BS, threshold)    the fraction of real tokens with G <= threshold
   pi_init(alpha0), pi_update(state, deleted, ...)  the paper's PI controller for α
@@ -86,6 +87,19 @@ class EncodedMemory:
   key_ok_BS: jax.Array
   gate_BS: jax.Array
   segment_ids_BS: Any = None
+
+
+def add_delete_gate(params, cfg: T5Config, seed: int = 0):
+  """`params` of the same model without a gate (a ByT5 checkpoint, say), plus a freshly
+  initialised gate for `cfg` at `encoder/delete_gate`: the paper's continued-pretraining start.
+  Float32 NumPy-or-jax leaves in, the same tree with the gate out (other leaves untouched)."""
+  if cfg.delete_gate_layer is None:
+    raise ValueError("add_delete_gate needs a config with delete_gate_layer set")
+  if "delete_gate" in params.get("encoder", {}):
+    raise ValueError("these params already hold a delete gate (encoder/delete_gate)")
+  x = jnp.zeros((1, 1, cfg.d_model), jnp.float32)
+  gate = DeleteGate(cfg).init(jax.random.PRNGKey(seed), x, jnp.ones((1, 1), bool))["params"]
+  return {**params, "encoder": {**params["encoder"], "delete_gate": nn.unbox(gate)}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,6 +232,7 @@ def regularizer_weight(state: PIState, step, delay: int = 0):
 
 __all__ = [
   "DeleteGate",
+  "add_delete_gate",
   "EncodedMemory",
   "PIState",
   "compaction",

@@ -1,4 +1,5 @@
-"""Hugging Face T5 checkpoints (`T5ForConditionalGeneration`, T5 / mT5 / ByT5) to and from xt5.
+"""Hugging Face T5 checkpoints (`T5ForConditionalGeneration`, T5 / mT5 / ByT5, and the MrT5
+authors' `MrT5ForConditionalGeneration`) to and from xt5.
 
 Library API (pure functions, no files):
   config_from_hf(hf_config, **overrides) -> T5Config   from an HF config object or config.json
@@ -121,9 +122,9 @@ def config_from_hf(hf_config, **overrides) -> T5Config:
   """
   hf = _hf_config_as_dict(hf_config)
   model_type = hf.get("model_type", "t5")
-  if model_type not in ("t5", "mt5", "byt5"):
+  if model_type not in ("t5", "mt5", "byt5", "mrt5"):
     raise ValueError(
-      f"model_type={model_type!r} is not supported (t5, mt5 only; umt5/longt5 "
+      f"model_type={model_type!r} is not supported (t5, mt5, mrt5 only; umt5/longt5 "
       "differ in architecture)"
     )
   if hf.get("is_encoder_decoder", True) is False:
@@ -149,6 +150,7 @@ def config_from_hf(hf_config, **overrides) -> T5Config:
     relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
     relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
     layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
+    **_mrt5_fields_from_hf(hf, model_type),
   )
   fields.update(overrides)
   return T5Config(**fields)
@@ -190,6 +192,54 @@ def hf_config_dict(cfg: T5Config) -> dict:
     "tie_word_embeddings": tied,
     "scale_decoder_outputs": tied,
     "torch_dtype": "float32",
+    **_mrt5_hf_fields(cfg),
+  }
+
+
+# MrT5 (the authors' `MrT5Config`, model_type 'mrt5'): its constructor's defaults, for fields a
+# config.json may leave out. The authors' T5 baseline is a model_type 't5' with `use_softmax1`.
+_MRT5_HF_DEFAULTS = dict(
+  sigmoid_mask_scale=-10.0,
+  gate_layer_norm=True,
+  deletion_threshold=None,
+  delete_gate_layer=2,
+  use_softmax1=False,
+)
+
+
+def _mrt5_fields_from_hf(hf: Mapping[str, Any], model_type: str) -> dict:
+  out = {"use_softmax1": bool(hf.get("use_softmax1") or False)}
+  if model_type != "mrt5":
+    return out
+  deletion_type = hf.get("deletion_type")
+  if deletion_type not in (None, "scaled_sigmoid"):
+    raise ValueError(
+      f"MrT5 deletion_type={deletion_type!r} is not supported (only the learned "
+      "'scaled_sigmoid' gate)"
+    )
+  d = {k: hf.get(k, v) for k, v in _MRT5_HF_DEFAULTS.items()}
+  d["sigmoid_mask_scale"] = float(d["sigmoid_mask_scale"])
+  d["use_softmax1"] = bool(d["use_softmax1"])
+  d["gate_layer_norm"] = bool(d["gate_layer_norm"])
+  if d["deletion_threshold"] is not None:
+    d["deletion_threshold"] = float(d["deletion_threshold"])
+  return d
+
+
+def _mrt5_hf_fields(cfg: T5Config) -> dict:
+  if cfg.delete_gate_layer is None:
+    return {"use_softmax1": True} if cfg.use_softmax1 else {}
+  return {
+    "architectures": ["MrT5ForConditionalGeneration"],
+    "model_type": "mrt5",
+    "deletion_type": "scaled_sigmoid",
+    "delete_gate_layer": cfg.delete_gate_layer,
+    "sigmoid_mask_scale": cfg.sigmoid_mask_scale,
+    # written out: the authors' hard deletion compares against it
+    "deletion_threshold": cfg.gate_threshold,
+    "gate_layer_norm": cfg.gate_layer_norm,
+    "use_softmax1": cfg.use_softmax1,
+    "use_gumbel_noise": False,
   }
 
 
@@ -219,8 +269,15 @@ _HF_ATTN_LEAF = {
 }
 
 
-def _hf_leaf(path: tuple[str, ...]) -> Leaf:
+def _hf_leaf(path: tuple[str, ...], cfg: T5Config | None = None) -> Leaf:
   """HF name and transform of one unrolled xt5 param path."""
+  if path[:2] == ("encoder", "delete_gate"):  # MrT5: the gate lives in its layer's HF block
+    prefix = f"encoder.block.{cfg.delete_gate_layer}.delete_gate"
+    return {
+      ("layer_norm", "scale"): Leaf(f"{prefix}.layer_norm.weight", "id"),
+      ("feed_forward", "kernel"): Leaf(f"{prefix}.feed_forward.weight", "T"),
+      ("feed_forward", "bias"): Leaf(f"{prefix}.feed_forward.bias", "id"),
+    }[path[2:]]
   if path == ("token_embedder", "embedding"):
     return Leaf("shared.weight", "id")
   if path == ("decoder", "logits_dense"):
@@ -248,7 +305,7 @@ def _hf_specs(cfg: T5Config):
   if cfg.architecture != "encoder_decoder":
     raise ValueError(f"architecture={cfg.architecture!r}: HF T5 checkpoints are encoder-decoder")
   flat = flatten(param_shapes(cfg.replace(scan_layers=False)))
-  return [(p, tuple(s.shape), _hf_leaf(p)) for p, s in sorted(flat.items())]
+  return [(p, tuple(s.shape), _hf_leaf(p, cfg)) for p, s in sorted(flat.items())]
 
 
 # Names HF checkpoints may carry that are aliases of `shared.weight` (tied in the HF model).

@@ -387,3 +387,93 @@ def test_pi_controller_settles_at_the_target(target):
   settled = float(jnp.mean(deleted[-500:]))
   assert abs(settled - target) < 0.05, settled
   assert float(jnp.mean(deleted[:20])) < target - 0.1  # it had to get there
+
+
+# ----------------------------------------------------------------------------------------------
+# HF conversion (the authors' MrT5 layout)
+
+
+def _mrt5_state_dict(cfg, rng):
+  """An MrT5 state dict as the authors' model names it: a T5 state dict (this repo's converter,
+  checked against HF T5 elsewhere) plus the gate's three tensors in torch's layouts."""
+  from models.formats import hf
+  from models.formats.tree import param_shapes
+
+  plain = cfg.replace(delete_gate_layer=None)
+  params = jax.tree_util.tree_map(
+    lambda s: rng.normal(size=s.shape).astype(np.float32),
+    param_shapes(plain),
+  )
+  sd = hf.params_to_hf_state_dict(params, plain)
+  L, D = cfg.delete_gate_layer, cfg.d_model
+  sd[f"encoder.block.{L}.delete_gate.layer_norm.weight"] = rng.normal(size=(D,)).astype(np.float32)
+  sd[f"encoder.block.{L}.delete_gate.feed_forward.weight"] = rng.normal(size=(1, D)).astype(
+    np.float32
+  )
+  sd[f"encoder.block.{L}.delete_gate.feed_forward.bias"] = np.array([0.25], np.float32)
+  return sd
+
+
+def test_hf_round_trip_of_an_mrt5_state_dict():
+  from models.formats import hf
+
+  cfg = GATED
+  sd = _mrt5_state_dict(cfg, np.random.default_rng(13))
+  params = hf.params_from_hf_state_dict(sd, cfg)
+  gate = params["encoder"]["delete_gate"]
+  np.testing.assert_array_equal(
+    gate["feed_forward"]["kernel"], sd["encoder.block.1.delete_gate.feed_forward.weight"].T
+  )
+  np.testing.assert_array_equal(gate["feed_forward"]["bias"], [0.25])
+  back = hf.params_to_hf_state_dict(params, cfg)
+  assert sorted(back) == sorted(sd)
+  for k in sd:
+    np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+  # the converted params run
+  enc, dec = _batch(np.random.default_rng(14))
+  assert np.isfinite(np.asarray(Transformer(cfg).apply({"params": params}, enc, dec))).all()
+
+
+def test_hf_missing_or_extra_gate_tensors_are_one_clear_error():
+  from models.formats import hf
+  from models.formats.tree import CheckpointMismatchError
+
+  sd = _mrt5_state_dict(GATED, np.random.default_rng(15))
+  missing = {k: v for k, v in sd.items() if not k.endswith("feed_forward.bias")}
+  with pytest.raises(CheckpointMismatchError, match=r"encoder\.block\.1\.delete_gate"):
+    hf.params_from_hf_state_dict(missing, GATED)
+  with pytest.raises(CheckpointMismatchError, match="delete_gate.feed_forward.weight"):
+    hf.params_from_hf_state_dict(sd, GATED.replace(delete_gate_layer=None))  # extra tensors
+  with pytest.raises(CheckpointMismatchError, match=r"encoder\.block\.2\.delete_gate"):
+    hf.params_from_hf_state_dict(sd, GATED.replace(delete_gate_layer=2))  # another layer
+
+
+def test_hf_config_of_mrt5():
+  from models.formats import hf
+
+  cfg = GATED.replace(sigmoid_mask_scale=-30.0, deletion_threshold=-12.0, gate_layer_norm=False)
+  d = hf.hf_config_dict(cfg)
+  assert d["model_type"] == "mrt5" and d["architectures"] == ["MrT5ForConditionalGeneration"]
+  assert (d["delete_gate_layer"], d["sigmoid_mask_scale"], d["deletion_threshold"]) == (1, -30, -12)
+  assert d["use_softmax1"] is True and d["gate_layer_norm"] is False
+  assert hf.config_from_hf(d, kernels="cpu") == cfg
+  # what the authors' MrT5Config.to_dict() holds (their defaults where a field is left out)
+  authors = {k: v for k, v in d.items() if k not in ("gate_layer_norm", "deletion_threshold")}
+  got = hf.config_from_hf(authors)
+  assert got.gate_layer_norm is True and got.gate_threshold == -15.0
+  with pytest.raises(ValueError, match="deletion_type='random'"):
+    hf.config_from_hf(dict(d, deletion_type="random"))
+  # the authors' T5 baseline: a plain T5 with softmax_1
+  plain = hf.hf_config_dict(TINY.replace(use_softmax1=True))
+  assert plain["model_type"] == "t5" and hf.config_from_hf(plain).use_softmax1
+
+
+def test_add_delete_gate_to_gateless_params():
+  enc, dec = _batch(np.random.default_rng(16))
+  plain = _params(TINY, enc, dec)
+  params = mrt5.add_delete_gate(plain, GATED)
+  assert params["encoder"]["layers_0"] is plain["encoder"]["layers_0"]
+  want = jax.tree_util.tree_map(jnp.shape, _params(GATED, enc, dec))
+  assert jax.tree_util.tree_map(jnp.shape, params) == want
+  with pytest.raises(ValueError, match="already"):
+    mrt5.add_delete_gate(params, GATED)
