@@ -477,3 +477,34 @@ def test_add_delete_gate_to_gateless_params():
   assert jax.tree_util.tree_map(jnp.shape, params) == want
   with pytest.raises(ValueError, match="already"):
     mrt5.add_delete_gate(params, GATED)
+
+
+def test_gate_params_shard_by_their_logical_axes():
+  from jax.sharding import PartitionSpec as P
+
+  from models import partitioning as pt
+
+  enc, dec = _batch(np.random.default_rng(17))
+  boxed = jax.eval_shape(lambda: Transformer(GATED).init(jax.random.PRNGKey(0), enc, dec))
+  mesh = pt.make_mesh(data=-1, model=1)
+  n = mesh.shape["data"]
+  specs = pt.Placement(mesh, "fsdp").logical_specs(boxed["params"])["encoder"]["delete_gate"]
+  kernel_spec = P("data", None) if GATED.d_model % n == 0 else P(None, None)
+  assert specs["feed_forward"]["kernel"] == kernel_spec
+  assert specs["feed_forward"]["bias"] == P(None)
+
+
+def test_bf16_and_remat_with_a_gate():
+  cfg = GATED.replace(dtype="bfloat16", remat_policy="full")
+  enc, dec = _batch(np.random.default_rng(18))
+  params = _params(cfg, enc, dec)
+  model = Transformer(cfg)
+
+  def loss(p):
+    logits, inter = model.apply({"params": p}, enc, dec, mutable="intermediates")
+    g = mrt5.gate_values(inter["intermediates"])
+    return jnp.mean(logits) + mrt5.gate_regularizer(g, enc > 0, 0.1)
+
+  grads = jax.jit(jax.grad(loss))(params)
+  gate_grads = ravel_pytree(grads["encoder"]["delete_gate"])[0]
+  assert np.isfinite(np.asarray(gate_grads)).all() and float(jnp.max(jnp.abs(gate_grads))) > 0
