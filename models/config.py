@@ -54,6 +54,15 @@ class T5Config:
   scan_layers: bool = False
   remat_policy: str = "none"
   kernels: str = "auto"
+  # MrT5 token deletion (models/mrt5.py): a delete gate on the input of encoder layer
+  # `delete_gate_layer` (None: no gate, the plain model). G = sigmoid_mask_scale * sigmoid(-logit)
+  # biases attention keys from that layer on; hard deletion drops tokens with G <= threshold
+  # (None: sigmoid_mask_scale / 2). use_softmax1 puts an extra 1 in every softmax denominator.
+  delete_gate_layer: int | None = None
+  sigmoid_mask_scale: float = -30.0
+  deletion_threshold: float | None = None
+  gate_layer_norm: bool = True
+  use_softmax1: bool = False
 
   def __post_init__(self):
     if self.architecture not in ARCHITECTURES:
@@ -69,8 +78,46 @@ class T5Config:
         raise ValueError(
           f"unknown MLP activation {act!r} in mlp_activations; expected one of {MLP_ACTIVATIONS}"
         )
+    self._check_delete_gate()
     # gin hands lists where a tuple is declared; normalise so configs compare and hash.
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+
+  def _check_delete_gate(self):
+    if self.delete_gate_layer is None:
+      return
+    E, L = self.num_encoder_layers, self.delete_gate_layer
+    if self.architecture != "encoder_decoder":
+      raise ValueError("delete_gate_layer needs architecture='encoder_decoder'; unset it")
+    if self.scan_layers:
+      raise ValueError(
+        "delete_gate_layer with scan_layers=True is not supported; set scan_layers=False"
+      )
+    if self.relative_attention_per_layer:
+      # hard deletion gathers the stack's one position bias at the kept tokens
+      raise ValueError(
+        "delete_gate_layer with relative_attention_per_layer=True (umT5) is not supported; "
+        "gate a T5/mT5/ByT5 config"
+      )
+    if not 0 <= L < E:
+      raise ValueError(
+        f"delete_gate_layer={L}; expected 0 <= delete_gate_layer < {E} (encoder layers)"
+      )
+    if not self.sigmoid_mask_scale < 0:
+      raise ValueError(
+        f"sigmoid_mask_scale={self.sigmoid_mask_scale}; it must be negative (paper: -30)"
+      )
+    t = self.gate_threshold
+    if not self.sigmoid_mask_scale <= t < 0:
+      raise ValueError(
+        f"deletion_threshold={t}; expected sigmoid_mask_scale ({self.sigmoid_mask_scale}) <= it < 0"
+      )
+
+  @property
+  def gate_threshold(self) -> float:
+    """G at or below which hard deletion drops a token (default sigmoid_mask_scale / 2)."""
+    if self.deletion_threshold is None:
+      return self.sigmoid_mask_scale / 2
+    return float(self.deletion_threshold)
 
   @property
   def activation_dtype(self):

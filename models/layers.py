@@ -115,6 +115,7 @@ def dot_product_attention(
   keep_BHTS=None,
   dropout_rate: float = 0.0,
   kernels: str = "auto",
+  softmax1: bool = False,
 ):
   """softmax(q·k + bias) · v for one layer, with T5X's roundings, and a backward pass of its own.
 
@@ -128,6 +129,8 @@ def dot_product_attention(
   XLA:CPU's fast dot (YNNPACK) cannot take as a left operand, so they fell to its slow Eigen dot.
   Here they multiply in `dtype` and contract the query axis through `_contract_queries`.
   With `kernels` resolving to 'reference', it is `_reference_attention` instead (autodiff).
+  `softmax1` adds 1 to the softmax's denominator (`softmax_1`, MrT5): a row may then attend to
+  nothing. Its backward pass has the same form as softmax's, w * (dw - Σ w·dw).
   """
   biases = (
     ()
@@ -136,24 +139,38 @@ def dot_product_attention(
   )
   if resolve_kernels(kernels) == "reference":
     return _reference_attention(
-      q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, jnp.dtype(dtype), float(dropout_rate)
+      q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, jnp.dtype(dtype), float(dropout_rate), softmax1
     )
   return _attention(
-    q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, jnp.dtype(dtype), float(dropout_rate)
+    q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, jnp.dtype(dtype), float(dropout_rate), softmax1
   )
 
 
-def _reference_attention(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate):
+def softmax_1(logits, axis=-1):
+  """exp(x_i) / (1 + Σ_j exp(x_j)) in float32: softmax with an extra zero logit. Shifted by
+  max(max_j x_j, 0), so neither the terms nor the extra 1 overflow."""
+  logits = logits.astype(jnp.float32)
+  m = jax.lax.stop_gradient(jnp.maximum(jnp.max(logits, axis=axis, keepdims=True), 0.0))
+  e = jnp.exp(logits - m)
+  return e / (jnp.sum(e, axis=axis, keepdims=True) + jnp.exp(-m))
+
+
+def _softmax(logits, softmax1: bool):
+  return softmax_1(logits, axis=-1) if softmax1 else jax.nn.softmax(logits, axis=-1)
+
+
+def _reference_attention(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate, softmax1=False):
   """The attention by autodiff: `jax.nn.dot_product_attention` (T5 scales nothing: scale=1) with
   the biases summed into one float32 bias; with a dropout mask, a plain softmax attention.
 
   Either way q·k accumulates in float32, the bias is added in float32 and the softmax runs in
   float32; the weights are rounded to `dtype` for the product with v. Unlike the 'cpu' kernel,
-  the logits are not rounded to `dtype` before the bias is added (exact in float32).
+  the logits are not rounded to `dtype` before the bias is added (exact in float32). jax.nn has
+  no softmax_1, so `softmax1` takes the plain path too.
   """
   bias = functools.reduce(jnp.add, biases).astype(jnp.float32) if biases else None
   q_BTHK, k_BHSK, v_BHSK = (a.astype(dtype) for a in (q_BTHK, k_BHSK, v_BHSK))
-  if keep_BHTS is None:
+  if keep_BHTS is None and not softmax1:
     # jax.nn's layout is length-major for keys/values too: [B, S, H, K]
     return jax.nn.dot_product_attention(
       q_BTHK,
@@ -165,7 +182,7 @@ def _reference_attention(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate)
   logits_BHTS = jnp.einsum("bthk,bhsk->bhts", q_BTHK, k_BHSK, preferred_element_type=jnp.float32)
   if bias is not None:
     logits_BHTS = logits_BHTS + bias
-  w_BHTS = _dropped(jax.nn.softmax(logits_BHTS, axis=-1).astype(dtype), keep_BHTS, rate)
+  w_BHTS = _dropped(_softmax(logits_BHTS, softmax1).astype(dtype), keep_BHTS, rate)
   return jnp.einsum("bhts,bhsk->bthk", w_BHTS, v_BHSK, preferred_element_type=jnp.float32).astype(
     dtype
   )
@@ -220,12 +237,12 @@ def _sum_to_shape(x, shape):
   return jnp.sum(x, axis=axes, keepdims=True).reshape(shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _attention(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate):
-  return _attention_fwd(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _attention(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate, softmax1):
+  return _attention_fwd(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate, softmax1)[0]
 
 
-def _attention_fwd(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate):
+def _attention_fwd(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate, softmax1):
   # logits rounded to `dtype` (T5X's default), softmax in float32: in bf16 this halves the
   # traffic of the largest tensors, [B, H, T, S].
   logits_BHTS = jnp.einsum(
@@ -235,14 +252,14 @@ def _attention_fwd(q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, dtype, rate):
   if biases:
     # the terms summed first, then added: HF's order (position bias + mask, then + scores)
     logits_BHTS = logits_BHTS + functools.reduce(jnp.add, biases)
-  w_BHTS = jax.nn.softmax(logits_BHTS, axis=-1).astype(dtype)
+  w_BHTS = _softmax(logits_BHTS, softmax1).astype(dtype)
   ctx_BHTK = jnp.einsum(
     "bhts,bhsk->bhtk", _dropped(w_BHTS, keep_BHTS, rate), v_BHSK, preferred_element_type=jnp.float32
   ).astype(dtype)
   return _heads_to_length_major(ctx_BHTK), (q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, w_BHTS)
 
 
-def _attention_bwd(dtype, rate, residuals, g_BTHK):
+def _attention_bwd(dtype, rate, softmax1, residuals, g_BTHK):
   q_BTHK, k_BHSK, v_BHSK, biases, keep_BHTS, w_BHTS = residuals
   g_BTHK = g_BTHK.astype(dtype)
   dv_BHSK = _contract_queries(_dropped(w_BHTS, keep_BHTS, rate), g_BTHK)
@@ -251,7 +268,7 @@ def _attention_bwd(dtype, rate, residuals, g_BTHK):
     keep_BHTS,
     rate,
   )
-  # softmax backward on the (rounded) weights the forward pass kept
+  # softmax backward on the (rounded) weights the forward pass kept (softmax_1's has this form)
   w32_BHTS = w_BHTS.astype(jnp.float32)
   dlogits_BHTS = w32_BHTS * (dw_BHTS - jnp.sum(dw_BHTS * w32_BHTS, axis=-1, keepdims=True))
   dl_BHTS = dlogits_BHTS.astype(dtype)
@@ -469,7 +486,15 @@ class MultiHeadAttention(nn.Module):
         self.make_rng("dropout"), 1.0 - cfg.dropout_rate, (B, H, T, k_BHSK.shape[2])
       )
     ctx_BTHK = dot_product_attention(
-      q_BTHK, k_BHSK, v_BHSK, bias_BHTS, dtype, keep_BHTS, cfg.dropout_rate, kernels
+      q_BTHK,
+      k_BHSK,
+      v_BHSK,
+      bias_BHTS,
+      dtype,
+      keep_BHTS,
+      cfg.dropout_rate,
+      kernels,
+      cfg.use_softmax1,
     ).reshape(B, T, H, K)
     ctx_BTHK = nn.with_logical_constraint(ctx_BTHK, ("batch", "length", "heads", "kv"))
     return dot(ctx_BTHK, out, dtype, contract_dims=2, kernels=kernels)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import layers
+from models import layers, mrt5
 from models.config import T5Config
 
 _REMAT_POLICIES = {
@@ -105,8 +105,9 @@ class DecoderLayer(nn.Module):
     return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), None
 
 
-def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x, args, **layer_attrs):
-  """Applies `num_layers` copies of `layer_cls`, scanned or unrolled, with optional remat."""
+def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x, args, first: int = 0, **layer_attrs):
+  """Applies `num_layers` copies of `layer_cls`, scanned or unrolled, with optional remat.
+  Unrolled layers are named `layers_{first}`, `layers_{first + 1}`, ..."""
   if cfg.remat_policy != "none":
     layer_cls = nn.remat(
       layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
@@ -124,7 +125,7 @@ def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x, args, **layer_attr
     )(cfg, name="layers", **layer_attrs)
     x, _ = stack(x, *args)
     return x
-  for i in range(num_layers):
+  for i in range(first, first + num_layers):
     x, _ = layer_cls(cfg, name=f"layers_{i}", **layer_attrs)(x, *args)
   return x
 
@@ -134,7 +135,17 @@ class Encoder(nn.Module):
   token_embedder: layers.Embed
 
   @nn.compact
-  def __call__(self, tokens_BS, segment_ids_BS=None, deterministic=True):
+  def __call__(
+    self,
+    tokens_BS,
+    segment_ids_BS=None,
+    deterministic=True,
+    deletion="soft",
+    kept_length=None,
+    gate_only=False,
+  ):
+    """Encoder output [B, S, D]; with a delete gate, an `mrt5.EncodedMemory` (or with
+    `gate_only` just the gate [B, S]). `deletion`: 'soft' or 'hard' (see `_gated_layers`)."""
     cfg = self.config
     S = tokens_BS.shape[1]
     key_ok = (tokens_BS > 0)[:, None, None, :]
@@ -148,11 +159,70 @@ class Encoder(nn.Module):
     x = self.token_embedder(tokens_BS)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    if cfg.delete_gate_layer is not None:
+      return _gated_layers(
+        cfg,
+        x,
+        tokens_BS,
+        segment_ids_BS,
+        bias_BHSS,
+        deterministic,
+        deletion,
+        kept_length,
+        gate_only,
+      )
     x = _run_layers(
       cfg, EncoderLayer, cfg.num_encoder_layers, x, (bias_BHSS,), deterministic=deterministic
     )
-    x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
-    return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+    return _encoder_out(cfg, x, deterministic)
+
+
+def _encoder_out(cfg: T5Config, x, deterministic):
+  x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
+  return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+
+
+def _gated_layers(
+  cfg, x, tokens_BS, segment_ids_BS, bias_BHSS, deterministic, deletion, kept_length, gate_only
+):
+  """The encoder's layers around an MrT5 delete gate (called inside `Encoder.__call__`).
+
+  Layers before `delete_gate_layer` run as usual; the gate reads their output. Soft deletion:
+  the later layers add G along their keys. Hard deletion: tokens with G <= threshold leave; the
+  kept ones are compacted into `kept_length` slots (static; default S, exact but no faster),
+  each with its original position's relative bias and segment id, and the later layers and the
+  decoder's cross-attention run on S' = `kept_length` slots. Kept tokens still add their G, as in
+  training, so a saturated gate gives the soft model's outputs.
+  """
+  if deletion not in ("soft", "hard"):
+    raise ValueError(f"deletion={deletion!r}; expected 'soft' or 'hard'")
+  L, S = cfg.delete_gate_layer, tokens_BS.shape[1]
+  x = _run_layers(cfg, EncoderLayer, L, x, (bias_BHSS,), deterministic=deterministic)
+  real_BS = tokens_BS > 0
+  gate_BS = mrt5.DeleteGate(cfg, name="delete_gate")(x, real_BS)
+  if gate_only:
+    return gate_BS
+  key_ok_BS, seg_BS = real_BS, segment_ids_BS
+  if deletion == "hard":
+    keep_BS = (gate_BS > cfg.gate_threshold) & real_BS
+    idx_BS, key_ok_BS = mrt5.compaction(keep_BS, S if kept_length is None else kept_length)
+    x, gate_BS = mrt5.gather_slots(x, idx_BS), mrt5.gather_slots(gate_BS, idx_BS)
+    if seg_BS is not None:
+      seg_BS = jnp.where(key_ok_BS, mrt5.gather_slots(seg_BS, idx_BS), 0)
+    key_ok = key_ok_BS[:, None, None, :]
+    if seg_BS is not None:
+      key_ok = key_ok & (seg_BS[:, None, :, None] == seg_BS[:, None, None, :])
+    bias_BHSS = (mask_to_bias(key_ok), mrt5.gather_position_bias(bias_BHSS[1], idx_BS))
+  x = _run_layers(
+    cfg,
+    EncoderLayer,
+    cfg.num_encoder_layers - L,
+    x,
+    ((*bias_BHSS, mrt5.key_bias(gate_BS)),),
+    first=L,
+    deterministic=deterministic,
+  )
+  return mrt5.EncodedMemory(_encoder_out(cfg, x, deterministic), key_ok_BS, gate_BS, seg_BS)
 
 
 class Decoder(nn.Module):
@@ -173,13 +243,17 @@ class Decoder(nn.Module):
     decode=False,
     cache_index=None,
     max_length=None,
+    cross_gate_BS=None,
   ):
+    """`cross_gate_BS`: an MrT5 gate [B, S] added along the cross-attention's keys."""
     cfg = self.config
     T = tokens_BT.shape[1]
     bias = (mask_to_bias(self_mask_BHTS),)
     if not cfg.relative_attention_per_layer:
       bias += (_decoder_relpos_bias(cfg, T, decode, cache_index, max_length),)
     cross_bias = None if cross_mask_BHTS is None else mask_to_bias(cross_mask_BHTS)
+    if cross_gate_BS is not None:
+      cross_bias = (cross_bias, mrt5.key_bias(cross_gate_BS))
     x = self.token_embedder(tokens_BT)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -227,9 +301,20 @@ class Transformer(nn.Module):
     encode        encoder output [B, S, D].
     decode        teacher-forced decoder logits given an encoder output.
     decode_step   cached decoding: logits for T new tokens at [cache_index, cache_index + T).
+    delete_gate   MrT5's gate values G [B, S] (float32) of the encoder inputs.
+
+  With a delete gate (`config.delete_gate_layer`), `encode` returns an `mrt5.EncodedMemory`,
+  which `decode` and `decode_step` take where they take the encoder output, and sows the gate
+  [B, S] as `intermediates/delete_gate` (call with `mutable=['intermediates']` to read it for the
+  regularizer; see `mrt5.gate_values`).
   """
 
   config: T5Config
+  # MrT5 (a config with `delete_gate_layer`): 'soft' or 'hard' deletion in `encode`, and for
+  # 'hard' the static number of encoder slots kept (None: S). `mrt5.hard_deletion_module` sets
+  # both for a batch.
+  deletion: str = "soft"
+  kept_length: int | None = None
 
   def setup(self):
     cfg = self.config
@@ -271,7 +356,21 @@ class Transformer(nn.Module):
     )
 
   def encode(self, encoder_input_tokens, encoder_segment_ids=None, deterministic=True):
-    return self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic=deterministic)
+    if self.config.delete_gate_layer is None:
+      return self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic=deterministic)
+    memory = self.encoder(
+      encoder_input_tokens,
+      encoder_segment_ids,
+      deterministic=deterministic,
+      deletion=self.deletion,
+      kept_length=self.kept_length,
+    )
+    if self.deletion == "soft":  # after hard deletion the gate is the compacted one
+      self.sow("intermediates", "delete_gate", memory.gate_BS)
+    return memory
+
+  def delete_gate(self, encoder_input_tokens, encoder_segment_ids=None):
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, gate_only=True)
 
   def decode(
     self,
@@ -290,13 +389,23 @@ class Transformer(nn.Module):
       prefix = decoder_causal_attention.astype(bool)
       self_mask = self_mask | (prefix[:, None, :, None] & prefix[:, None, None, :])
     self_mask = self_mask & _segment_mask(decoder_segment_ids, decoder_segment_ids)
-    cross_mask = None
-    if encoded is not None:
+    cross_mask, gate = None, None
+    if isinstance(encoded, mrt5.EncodedMemory):  # the memory knows its own (kept) keys
+      cross_mask = encoded.key_ok_BS[:, None, None, :] & _segment_mask(
+        decoder_segment_ids, encoded.segment_ids_BS
+      )
+      encoded, gate = encoded.encoded_BSD, encoded.gate_BS
+    elif encoded is not None:
       cross_mask = (encoder_input_tokens > 0)[:, None, None, :] & _segment_mask(
         decoder_segment_ids, encoder_segment_ids
       )
     return self.decoder(
-      decoder_input_tokens, self_mask, encoded, cross_mask, deterministic=deterministic
+      decoder_input_tokens,
+      self_mask,
+      encoded,
+      cross_mask,
+      deterministic=deterministic,
+      cross_gate_BS=gate,
     )
 
   def decode_step(
@@ -323,8 +432,11 @@ class Transformer(nn.Module):
       in_prefix_q = q_pos[None, :] < prefix_length_B[:, None]
       in_prefix_k = k_pos[None, :] < prefix_length_B[:, None]
       self_mask = self_mask | (in_prefix_q[:, None, :, None] & in_prefix_k[:, None, None, :])
-    cross_mask = None
-    if encoded is not None:
+    cross_mask, gate = None, None
+    if isinstance(encoded, mrt5.EncodedMemory):
+      cross_mask = encoded.key_ok_BS[:, None, None, :]
+      encoded, gate = encoded.encoded_BSD, encoded.gate_BS
+    elif encoded is not None:
       cross_mask = (encoder_input_tokens > 0)[:, None, None, :]
     return self.decoder(
       decoder_input_tokens_BT,
@@ -335,4 +447,5 @@ class Transformer(nn.Module):
       decode=True,
       cache_index=cache_index,
       max_length=max_length,
+      cross_gate_BS=gate,
     )

@@ -1,5 +1,6 @@
 """Hugging Face T5 checkpoints (`T5ForConditionalGeneration`: T5 / mT5 / ByT5;
-`UMT5ForConditionalGeneration`: umT5) to and from xt5.
+`UMT5ForConditionalGeneration`: umT5; the MrT5 authors' `MrT5ForConditionalGeneration`) to and
+from xt5.
 
 Library API (pure functions, no files):
   config_from_hf(hf_config, **overrides) -> T5Config   from an HF config object or config.json
@@ -124,7 +125,7 @@ def _hf_config_as_dict(hf_config) -> dict:
   return d
 
 
-_HF_MODEL_TYPES = ("t5", "mt5", "byt5", "umt5")
+_HF_MODEL_TYPES = ("t5", "mt5", "byt5", "umt5", "mrt5")
 
 
 def _hf_is_umt5(hf: Mapping[str, Any]) -> bool:
@@ -175,6 +176,7 @@ def config_from_hf(hf_config, **overrides) -> T5Config:
     relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
     layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
     relative_attention_per_layer=_hf_is_umt5(hf),
+    **_mrt5_fields_from_hf(hf, model_type),
   )
   fields.update(overrides)
   return T5Config(**fields)
@@ -218,10 +220,58 @@ def hf_config_dict(cfg: T5Config) -> dict:
     "tie_word_embeddings": tied,
     "scale_decoder_outputs": tied,
     "torch_dtype": "float32",
+    **_mrt5_hf_fields(cfg),
   }
   if umt5:  # UMT5Config has no such field (transformers 5 rescales whenever tied, see above)
     del out["scale_decoder_outputs"]
   return out
+
+
+# MrT5 (the authors' `MrT5Config`, model_type 'mrt5'): its constructor's defaults, for fields a
+# config.json may leave out. The authors' T5 baseline is a model_type 't5' with `use_softmax1`.
+_MRT5_HF_DEFAULTS = dict(
+  sigmoid_mask_scale=-10.0,
+  gate_layer_norm=True,
+  deletion_threshold=None,
+  delete_gate_layer=2,
+  use_softmax1=False,
+)
+
+
+def _mrt5_fields_from_hf(hf: Mapping[str, Any], model_type: str) -> dict:
+  out = {"use_softmax1": bool(hf.get("use_softmax1") or False)}
+  if model_type != "mrt5":
+    return out
+  deletion_type = hf.get("deletion_type")
+  if deletion_type not in (None, "scaled_sigmoid"):
+    raise ValueError(
+      f"MrT5 deletion_type={deletion_type!r} is not supported (only the learned "
+      "'scaled_sigmoid' gate)"
+    )
+  d = {k: hf.get(k, v) for k, v in _MRT5_HF_DEFAULTS.items()}
+  d["sigmoid_mask_scale"] = float(d["sigmoid_mask_scale"])
+  d["use_softmax1"] = bool(d["use_softmax1"])
+  d["gate_layer_norm"] = bool(d["gate_layer_norm"])
+  if d["deletion_threshold"] is not None:
+    d["deletion_threshold"] = float(d["deletion_threshold"])
+  return d
+
+
+def _mrt5_hf_fields(cfg: T5Config) -> dict:
+  if cfg.delete_gate_layer is None:
+    return {"use_softmax1": True} if cfg.use_softmax1 else {}
+  return {
+    "architectures": ["MrT5ForConditionalGeneration"],
+    "model_type": "mrt5",
+    "deletion_type": "scaled_sigmoid",
+    "delete_gate_layer": cfg.delete_gate_layer,
+    "sigmoid_mask_scale": cfg.sigmoid_mask_scale,
+    # written out: the authors' hard deletion compares against it
+    "deletion_threshold": cfg.gate_threshold,
+    "gate_layer_norm": cfg.gate_layer_norm,
+    "use_softmax1": cfg.use_softmax1,
+    "use_gumbel_noise": False,
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,8 +300,15 @@ _HF_ATTN_LEAF = {
 }
 
 
-def _hf_leaf(path: tuple[str, ...]) -> Leaf:
+def _hf_leaf(path: tuple[str, ...], cfg: T5Config | None = None) -> Leaf:
   """HF name and transform of one unrolled xt5 param path."""
+  if path[:2] == ("encoder", "delete_gate"):  # MrT5: the gate lives in its layer's HF block
+    prefix = f"encoder.block.{cfg.delete_gate_layer}.delete_gate"
+    return {
+      ("layer_norm", "scale"): Leaf(f"{prefix}.layer_norm.weight", "id"),
+      ("feed_forward", "kernel"): Leaf(f"{prefix}.feed_forward.weight", "T"),
+      ("feed_forward", "bias"): Leaf(f"{prefix}.feed_forward.bias", "id"),
+    }[path[2:]]
   if path == ("token_embedder", "embedding"):
     return Leaf("shared.weight", "id")
   if path == ("decoder", "logits_dense"):
@@ -283,7 +340,7 @@ def _hf_specs(cfg: T5Config):
   if cfg.architecture != "encoder_decoder":
     raise ValueError(f"architecture={cfg.architecture!r}: HF T5 checkpoints are encoder-decoder")
   flat = flatten(param_shapes(cfg.replace(scan_layers=False)))
-  return [(p, tuple(s.shape), _hf_leaf(p)) for p, s in sorted(flat.items())]
+  return [(p, tuple(s.shape), _hf_leaf(p, cfg)) for p, s in sorted(flat.items())]
 
 
 # Names HF checkpoints may carry that are aliases of `shared.weight` (tied in the HF model).
