@@ -102,6 +102,12 @@ def train(
   z_loss: float = 1e-4,
   label_smoothing: float = 0.0,
   loss_normalizing_factor="per_token",
+  deletion_target: float | None = 0.4,
+  deletion_k_p: float = 0.5,
+  deletion_k_i: float = 1e-5,
+  deletion_alpha0: float = 0.0,
+  deletion_delay: int = 0,
+  deletion_bucket: int = 64,
   mesh_shape: Mapping[str, int] | None = None,
   partitioning_rules: str | Sequence = "data_parallel",
   initial_checkpoint_path: str | None = None,
@@ -127,6 +133,12 @@ def train(
   the architecture's, 'encoder_decoder' or 'decoder_only' (seqio's DecoderFeatureConverter:
   prefix-LM features of a task with inputs, LM features of a targets-only task); 'prefix_lm'
   insists on inputs.
+
+  `deletion_*` (MrT5 models only, i.e. a config with `delete_gate_layer`): the target fraction
+  of encoder tokens to delete (None: a fixed regularizer weight `deletion_alpha0`), the PI
+  controller's gains, its starting α, the steps before the regularizer starts
+  (`trainer.state.DeletionConfig`), and the bucket the kept length of hard deletion is rounded
+  up to when decoding (`models.mrt5.kept_length_for`).
   """
   import_task_module(mixture_or_task_module)
   return loop_lib.train(
@@ -147,6 +159,9 @@ def train(
       optimizer, learning_rate, clip_grad_norm, accumulation_steps
     ),
     loss=state_lib.LossConfig(z_loss, label_smoothing, loss_normalizing_factor),
+    deletion=state_lib.DeletionConfig(
+      deletion_target, deletion_k_p, deletion_k_i, deletion_alpha0, deletion_delay
+    ),
     mesh_shape=mesh_shape,
     partitioning_rules=partitioning_rules,
     initial_checkpoint_path=initial_checkpoint_path,
@@ -156,7 +171,7 @@ def train(
     eval=evaluation.EvalConfig(
       eval_period, eval_split, eval_batches, infer_eval_examples, infer_eval_batch_size
     ),
-    decode=DecodeConfig(decode_method, num_beams, alpha),
+    decode=DecodeConfig(decode_method, num_beams, alpha, deletion_bucket=deletion_bucket),
     log_period=log_period,
     show_progress=show_progress,
     operative_gin=gin.operative_config_str() if gin.config_is_locked() else "",
@@ -180,6 +195,7 @@ def evaluate(
   decode_method: str = "greedy",
   num_beams: int = 4,
   alpha: float = 0.6,
+  deletion_bucket: int = 64,
   mesh_shape=None,
   partitioning_rules="data_parallel",
   seed: int = 0,
@@ -199,7 +215,7 @@ def evaluate(
     pack=pack,
     eval_batches=eval_batches,
     infer_eval_examples=infer_eval_examples,
-    decode=DecodeConfig(decode_method, num_beams, alpha),
+    decode=DecodeConfig(decode_method, num_beams, alpha, deletion_bucket=deletion_bucket),
     mesh_shape=mesh_shape,
     partitioning_rules=partitioning_rules,
     seed=seed,
@@ -224,6 +240,7 @@ def infer(
   decode_method: str = "greedy",
   num_beams: int = 4,
   alpha: float = 0.6,
+  deletion_bucket: int = 64,
   mesh_shape=None,
   partitioning_rules="data_parallel",
   seed: int = 0,
@@ -246,7 +263,7 @@ def infer(
     mode=mode,
     max_examples=max_examples,
     converter=converter,
-    decode=DecodeConfig(decode_method, num_beams, alpha),
+    decode=DecodeConfig(decode_method, num_beams, alpha, deletion_bucket=deletion_bucket),
     mesh_shape=mesh_shape,
     partitioning_rules=partitioning_rules,
     seed=seed,

@@ -199,6 +199,9 @@ def eval_tasks(name: str, split: str, with_metrics: bool = False) -> list[str]:
   ]
 
 
+_REPORTED = ("loss", "accuracy", "deleted_fraction")
+
+
 def teacher_forced_eval(
   eval_fn,
   params,
@@ -212,7 +215,8 @@ def teacher_forced_eval(
   pack: bool = True,
   max_batches: int | None = None,
 ) -> dict[str, float]:
-  """Loss and accuracy per task of `name` on `split`: {"<task>/loss": ..., ...}."""
+  """Loss and accuracy per task of `name` on `split`: {"<task>/loss": ..., ...}; for an MrT5
+  model also `<task>/deleted_fraction` (of the real input tokens, soft gate <= threshold)."""
   out = {}
   for task in eval_tasks(name, split):
     total = None
@@ -224,7 +228,8 @@ def teacher_forced_eval(
       total = sums if total is None else {k: total[k] + sums[k] for k in total}
     if total:
       m = state_lib.metrics_from_sums(total)
-      out.update({f"{task}/{k}": float(m[k]) for k in ("loss", "accuracy")})
+      # an MrT5 model's also the fraction of input tokens its gate deletes
+      out.update({f"{task}/{k}": float(m[k]) for k in _REPORTED if k in m})
   return out
 
 
@@ -296,7 +301,9 @@ def evaluate_params(
       decode=decode,
       seed=seed,
     )
-    score = predict_lib.make_score_fn(module, params, placement)
+    score = predict_lib.make_score_fn(
+      module, params, placement, deletion_bucket=decode.deletion_bucket
+    )
     results.update(evaluator.evaluate(step, predict, score))
   return results
 

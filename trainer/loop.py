@@ -68,8 +68,10 @@ def make_train_step_fn(
   *,
   accumulation_steps: int = 1,
   loss: state_lib.LossConfig = state_lib.LossConfig(),
+  deletion: state_lib.DeletionConfig = state_lib.DeletionConfig(),
 ):
-  """The jitted (state, batch, rng) -> (state, metrics) step, state donated."""
+  """The jitted (state, batch, rng) -> (state, metrics) step, state donated. `deletion`: an
+  MrT5 model's regularizer and controller (ignored without a delete gate)."""
   step = state_lib.make_train_step(
     module,
     tx,
@@ -79,6 +81,7 @@ def make_train_step_fn(
     label_smoothing=loss.label_smoothing,
     loss_normalizing_factor=loss.loss_normalizing_factor,
     dropout=module.config.dropout_rate > 0,
+    deletion=deletion,
   )
   return placement.jit(
     step,
@@ -145,16 +148,17 @@ def check_finite(window: Sequence[tuple[int, dict]]) -> None:
 def summarise_window(
   window: Sequence[tuple[int, dict]], seconds: float, flops_per_step: float, peak: float | None
 ) -> dict[str, float]:
-  """The logged metrics of a window of (step, step metrics): means, the last learning rate,
-  seconds/step, target tokens/s and (given a peak) MFU."""
+  """The logged metrics of a window of (step, step metrics): means, the last learning rate
+  (and MrT5's last α), seconds/step, target tokens/s and (given a peak) MFU."""
   host = [{k: float(np.asarray(v)) for k, v in m.items()} for _, m in window]
   tokens = sum(m["num_target_tokens"] for m in host)
+  last = [k for k in ("learning_rate", "alpha") if k in host[0]]
   out = {
     k: float(np.mean([m[k] for m in host]))
     for k in host[0]
-    if k not in ("num_target_tokens", "num_sequences", "learning_rate")
+    if k not in ("num_target_tokens", "num_sequences", *last)
   }
-  out["learning_rate"] = host[-1]["learning_rate"]
+  out.update({k: host[-1][k] for k in last})
   out["seconds_per_step"] = seconds / len(window)
   out["target_tokens_per_second"] = tokens / seconds
   if peak:
@@ -232,6 +236,7 @@ def train(
   train_steps: int,
   optimizer: OptimizerConfig = OptimizerConfig(),
   loss: state_lib.LossConfig = state_lib.LossConfig(),
+  deletion: state_lib.DeletionConfig = state_lib.DeletionConfig(),
   mesh_shape: Mapping[str, int] | None = None,
   partitioning_rules: str | Sequence = "data_parallel",
   initial_checkpoint_path: str | None = None,
@@ -243,7 +248,8 @@ def train(
   operative_gin: str = "",
 ) -> dict[str, float]:
   """Trains until `train_steps` (resuming from MODEL_DIR's newest checkpoint); returns the
-  final evaluation metrics (or the last train metrics when evaluation is off)."""
+  final evaluation metrics (or the last train metrics when evaluation is off). `deletion`:
+  an MrT5 model's gate regularizer and PI controller (unused without a delete gate)."""
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
   # None: the architecture's converter; a converter the model cannot read is refused
   dataset = dataclasses.replace(
@@ -295,7 +301,14 @@ def train(
     if initial_checkpoint_path:
       params = params_lib.load_params(initial_checkpoint_path, model_config, shardings["params"])
     state = state_lib.init_state(
-      module, tx, jax.random.key(seed), example, placement, shardings, params
+      module,
+      tx,
+      jax.random.key(seed),
+      example,
+      placement,
+      shardings,
+      params,
+      alpha0=deletion.alpha0,
     )
     start_step = 0
   stream, note = data.TrainStream.resume(dataset, data_state, iterator_state)
@@ -310,6 +323,7 @@ def train(
     placement,
     accumulation_steps=optimizer.accumulation_steps,
     loss=loss,
+    deletion=deletion,
   )
   eval_fn = placement.jit(
     state_lib.make_eval_step(module, z_loss=loss.z_loss),

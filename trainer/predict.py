@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 import jax
 import numpy as np
 
-from models import decoding, partitioning
+from models import decoding, mrt5, partitioning
 from models.network import Transformer
 from trainer import data
 from trainer import infer as infer_lib
@@ -47,6 +47,9 @@ class DecodeConfig:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  # MrT5 (a gated model) decodes with hard deletion on S' encoder slots: the batch's largest
+  # kept count rounded up to a multiple of this (one compilation per distinct S')
+  deletion_bucket: int = 64
 
 
 def prompt_length(task_feature_lengths: Mapping[str, int]) -> int:
@@ -77,6 +80,24 @@ def prompt_batch(batch: Mapping[str, np.ndarray], width: int) -> dict[str, np.nd
   return {"decoder_prompt_tokens": prompt_BP}
 
 
+def decoding_module(
+  module: Transformer, params, batch: Mapping, bucket: int = DecodeConfig.deletion_bucket
+) -> Transformer:
+  """The module to decode or score `batch` (arrays on the mesh) with: `module` itself, or for
+  an MrT5 model the one that deletes this batch's tokens hard (`mrt5.hard_deletion_module`:
+  a jitted gate pass reads the kept count on the host, then the decoder runs jitted on the
+  bucketed kept length, whose compilations jax caches per length)."""
+  if module.config.delete_gate_layer is None:
+    return module
+  return mrt5.hard_deletion_module(
+    module,
+    params,
+    batch["encoder_input_tokens"],
+    batch.get("encoder_segment_ids"),
+    bucket=bucket,
+  )
+
+
 def make_predict_fn(
   module: Transformer,
   params,
@@ -90,7 +111,7 @@ def make_predict_fn(
   """numpy batch -> (tokens [B, L], scores [B]) with the model's decoding, on the mesh.
   A decoder-only model needs `prompt_length`, its prompts' width (`prompt_length(lengths)`):
   one shape, so one compilation, for every batch. Sampling draws a new key per call, from
-  `seed`."""
+  `seed`. An MrT5 model decodes with hard deletion (`decoding_module`)."""
   key, calls = jax.random.key(seed), itertools.count()
   decoder_only = module.config.architecture == "decoder_only"
   if decoder_only and prompt_length is None:
@@ -104,7 +125,7 @@ def make_predict_fn(
     features = data.replicated_batch(features, placement.batch_sharding)
     with placement.context():
       tokens, scores = decoding.decode(
-        module,
+        decoding_module(module, params, features, decode.deletion_bucket),
         params,
         features,
         method=decode.method,
@@ -122,8 +143,15 @@ def make_predict_fn(
   return predict
 
 
-def make_score_fn(module: Transformer, params, placement: partitioning.Placement) -> Callable:
-  """numpy batch with decoder features -> [B] summed log-likelihood of the targets."""
+def make_score_fn(
+  module: Transformer,
+  params,
+  placement: partitioning.Placement,
+  *,
+  deletion_bucket: int = DecodeConfig.deletion_bucket,
+) -> Callable:
+  """numpy batch with decoder features -> [B] summed log-likelihood of the targets (an MrT5
+  model: with hard deletion, `decoding_module`)."""
   keys = (
     "encoder_input_tokens",
     "decoder_input_tokens",
@@ -137,7 +165,8 @@ def make_score_fn(module: Transformer, params, placement: partitioning.Placement
       {k: batch[k] for k in keys if k in batch}, placement.batch_sharding
     )
     with placement.context():
-      return data.to_host(decoding.score_sequences(module, params, features))
+      m = decoding_module(module, params, features, deletion_bucket)
+      return data.to_host(decoding.score_sequences(m, params, features))
 
   return score
 
@@ -208,7 +237,7 @@ def infer_checkpoint(
     decode=decode,
     seed=seed,
   )
-  score = make_score_fn(module, params, placement)
+  score = make_score_fn(module, params, placement, deletion_bucket=decode.deletion_bucket)
   if input_file is not None:
     return infer_lib.infer_file(
       input_file,
