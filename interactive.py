@@ -24,7 +24,8 @@ from models import runtime
 
 runtime.configure()  # XLA and TensorFlow settings, before either starts
 
-import hashlib  # noqa: E402  (after runtime.configure)
+import functools  # noqa: E402  (after runtime.configure)
+import hashlib
 import json
 import logging
 import os
@@ -79,6 +80,11 @@ def default_vocabulary(cfg: T5Config) -> seqio.Vocabulary:
   )
 
 
+@functools.partial(jax.jit, static_argnames=("module",))
+def _gate_jit(module, params, tokens_BS):
+  return module.apply({"params": params}, tokens_BS, method="delete_gate")
+
+
 def _language_name(language: str) -> str:
   from tasks import preprocessors
 
@@ -115,6 +121,8 @@ class InteractiveModel:
     mesh_shape: Mapping[str, int] | None = None,
     partitioning_rules: str | Sequence = "data_parallel",
     converter: str | None = None,
+    deletion: state_lib.DeletionConfig = state_lib.DeletionConfig(),
+    deletion_bucket: int = 64,
     seed: int = 0,
   ):
     """`params` (a pytree in the config's layout) or `checkpoint_path`, else a random init
@@ -123,7 +131,12 @@ class InteractiveModel:
     `batch_size` are the defaults of every call; `optimizer`, `learning_rate` (default: the
     finetuning constant 1e-3) and the loss options are those of `train`. `converter`: the
     seqio feature converter of every call, by default the architecture's ('encoder_decoder';
-    'decoder_only' for decoder-only configs, which may also take 'prefix_lm')."""
+    'decoder_only' for decoder-only configs, which may also take 'prefix_lm').
+
+    MrT5 configs (`delete_gate_layer`): `deletion` is `train`'s gate regularizer and PI
+    controller (whose state is kept across calls, like the optimizer's); decoding and scoring
+    delete hard, on a kept length rounded up to `deletion_bucket`; `train` and `evaluate`
+    report the deleted fraction, and `deleted_fraction(texts)` gives it per text."""
     self.converter = mesh_lib.model_converter(model_config, converter)
     if params is not None and checkpoint_path is not None:
       raise ValueError("pass params or checkpoint_path, not both")
@@ -137,6 +150,7 @@ class InteractiveModel:
     self.learning_rate = learning_rate
     self.tx = optimizers.make_optimizer(optimizer, learning_rate, clip_grad_norm)
     self._loss = state_lib.LossConfig(z_loss, label_smoothing, loss_normalizing_factor)
+    self.deletion, self.deletion_bucket = deletion, deletion_bucket
     example = self._example_batch = self._example(
       self.task_feature_lengths, self._round(batch_size)
     )
@@ -151,6 +165,7 @@ class InteractiveModel:
       params = jax.tree.map(jax.device_put, params, param_shardings)
     self._params = params
     self._opt_state = None
+    self._controller = None  # an MrT5 model's PI controller, created with the optimizer state
     self.step = 0
     self.history: list[dict[str, float]] = []  # every train() log record, across calls
     self._train_step = None
@@ -264,7 +279,9 @@ class InteractiveModel:
       self.placement,
       max_decode_length=max_decode_length or lengths["targets"],
       prompt_length=predict_lib.prompt_length(lengths),
-      decode=predict_lib.DecodeConfig(method, num_beams, alpha, temperature, top_k, top_p),
+      decode=predict_lib.DecodeConfig(
+        method, num_beams, alpha, temperature, top_k, top_p, self.deletion_bucket
+      ),
       seed=self.seed if seed is None else seed,
     )
     records = infer_lib.infer_texts(
@@ -298,7 +315,9 @@ class InteractiveModel:
     """Log-likelihood of each target given its input, summed over the target's tokens
     (EOS included) [len(inputs)]."""
     lengths = self.task_feature_lengths
-    score_fn = predict_lib.make_score_fn(self.module, self._params, self.placement)
+    score_fn = predict_lib.make_score_fn(
+      self.module, self._params, self.placement, deletion_bucket=self.deletion_bucket
+    )
     records = infer_lib.infer_texts(
       inputs,
       self.vocabulary,
@@ -313,12 +332,35 @@ class InteractiveModel:
     )
     return np.array([r["score"] for r in records], np.float32)
 
+  def deleted_fraction(self, inputs: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
+    """An MrT5 model's fraction of each input's tokens (EOS included, cut to the inputs
+    length) that its gate deletes (G <= threshold: what hard deletion drops) [len(inputs)]."""
+    if self.config.delete_gate_layer is None:
+      raise ValueError("deleted_fraction needs an MrT5 config (delete_gate_layer set)")
+    if isinstance(inputs, str):
+      raise TypeError("inputs must be a list of strings, not one string")
+    length, eos = self.task_feature_lengths["inputs"], self.vocabulary.eos_id
+    tail = [eos] if eos is not None else []
+    ids = [infer_lib.truncate(self.vocabulary.encode(x) + tail, length, eos)[0] for x in inputs]
+    batch_size = self._round(batch_size or self.batch_size)
+    out = []
+    for start in range(0, len(ids), batch_size):
+      chunk = ids[start : start + batch_size]
+      tokens_BS = infer_lib.encode_features(chunk, length, batch_size)["encoder_input_tokens"]
+      tokens = data_lib.replicated_batch({"t": tokens_BS}, self.placement.batch_sharding)["t"]
+      with self.placement.context():
+        gate_BS = np.asarray(data_lib.to_host(_gate_jit(self.module, self._params, tokens)))
+      real_BS = tokens_BS > 0
+      deleted_B = ((gate_BS <= self.config.gate_threshold) & real_BS).sum(axis=1)
+      out.extend((deleted_B / np.maximum(real_BS.sum(axis=1), 1))[: len(chunk)])
+    return np.asarray(out, np.float32)
+
   # ------------------------------------------------------------------------------------------
   # Training and evaluation
 
   def _state(self) -> dict:
     if self._opt_state is None:
-      self._opt_state = state_lib.init_state(
+      fresh = state_lib.init_state(
         self.module,
         self.tx,
         None,
@@ -326,9 +368,14 @@ class InteractiveModel:
         self.placement,
         self._shardings,
         self._params,
-      )["opt_state"]
+        alpha0=self.deletion.alpha0,
+      )
+      self._opt_state, self._controller = fresh["opt_state"], fresh.get(state_lib.PI_KEY)
     step = jax.device_put(np.int32(self.step), self._shardings["step"])
-    return {"step": step, "params": self._params, "opt_state": self._opt_state}
+    state = {"step": step, "params": self._params, "opt_state": self._opt_state}
+    if self._controller is not None:
+      state[state_lib.PI_KEY] = self._controller
+    return state
 
   def train(
     self,
@@ -344,7 +391,8 @@ class InteractiveModel:
     """Runs `steps` steps of train.py's train step on a task or mixture name, or on a list
     of (input, target) pairs (repeated and shuffled). Each dataset resumes where the last
     call on it stopped. Returns a record per `log_every` steps ({"step", "train/loss",
-    "train/accuracy", ...}), also appended to `self.history`."""
+    "train/accuracy", ...; an MrT5 model's also "train/deleted_fraction", "train/gate_loss",
+    "train/alpha", "train/mean_gate"}), also appended to `self.history`."""
     name = self._task_name(data)
     lengths = self._lengths(task_feature_lengths)
     batch_size = batch_size or self.batch_size
@@ -358,7 +406,13 @@ class InteractiveModel:
     stream = self._streams[key]
     if self._train_step is None:
       self._train_step = loop_lib.make_train_step_fn(
-        self.module, self.tx, self.learning_rate, self._shardings, self.placement, loss=self._loss
+        self.module,
+        self.tx,
+        self.learning_rate,
+        self._shardings,
+        self.placement,
+        loss=self._loss,
+        deletion=self.deletion,
       )
     rng = jax.random.key(self.seed + 1)
     state = self._state()
@@ -380,6 +434,7 @@ class InteractiveModel:
     finally:
       # the step donates its input state: keep the newest one, even after an interrupt
       self._params, self._opt_state = state["params"], state["opt_state"]
+      self._controller = state.get(state_lib.PI_KEY)
       bar.close()
     return records
 
@@ -398,8 +453,9 @@ class InteractiveModel:
   ) -> dict[str, float]:
     """What train.py's evaluation reports: teacher-forced loss/accuracy per task and, for
     tasks with metrics, the metrics of decoded predictions (BLEU, chrF, ...), as
-    {"<task>/<metric>": value}. `max_examples` caps the decoded examples per task,
-    `eval_batches` the teacher-forced batches."""
+    {"<task>/<metric>": value} (an MrT5 model's also "<task>/deleted_fraction", teacher-forced).
+    `max_examples` caps the decoded examples per task, `eval_batches` the teacher-forced
+    batches."""
     name = self._task_name(data)
     lengths = self._lengths(task_feature_lengths)
     batch_size = self._round(batch_size or self.batch_size)
@@ -430,7 +486,9 @@ class InteractiveModel:
       batch_size=batch_size,
       converter=self.converter,
       eval_batches=eval_batches,
-      decode=predict_lib.DecodeConfig(method, num_beams, alpha),
+      decode=predict_lib.DecodeConfig(
+        method, num_beams, alpha, deletion_bucket=self.deletion_bucket
+      ),
       seed=self.seed,
       step=self.step,
     )

@@ -11,6 +11,7 @@ import tests.copy_tasks  # noqa: F401  (registers test_copy)
 import train
 from interactive import InteractiveModel, default_vocabulary
 from models.config import T5Config
+from models.network import Transformer
 from tests.test_train import LENGTHS, TASK, TINY, final_params, run_train
 from trainer import optimizers
 
@@ -180,3 +181,68 @@ def test_clear_errors(trained):
     model.train(TASK, 1, batch_size=12)
   with pytest.raises(FileNotFoundError, match="does not exist"):
     InteractiveModel.load("/nonexistent/dir")
+
+
+def test_mrt5_trains_evaluates_decodes_and_reports_deletion():
+  """A gated (MrT5) model: train reports the deleted fraction and α, evaluate the deleted
+  fraction, predict/score/translate delete hard, and deleted_fraction(texts) is the gate's."""
+  from models import mrt5
+  from trainer import state as state_lib
+
+  gated = TINY.replace(delete_gate_layer=1, use_softmax1=True)
+  deletion = state_lib.DeletionConfig(target=0.9, k_p=2.0, alpha0=0.1)
+  model = InteractiveModel(
+    gated,
+    task_feature_lengths=LENGTHS,
+    batch_size=8,
+    learning_rate=optimizers.constant(LR),
+    deletion=deletion,
+    deletion_bucket=8,
+  )
+  # a gate that deletes about half of the tokens: logits of about ±30
+  params = host(model.params)
+  ff = params["encoder"]["delete_gate"]["feed_forward"]
+  w = np.random.default_rng(0).normal(size=ff["kernel"].shape)
+  ff["kernel"] = (1e3 * w / np.linalg.norm(w)).astype(np.float32)
+  ff["bias"] = np.zeros_like(ff["bias"])
+  model = InteractiveModel(
+    gated,
+    params,
+    task_feature_lengths=LENGTHS,
+    batch_size=8,
+    learning_rate=optimizers.constant(LR),
+    deletion=deletion,
+    deletion_bucket=8,
+  )
+  texts = ["Kane rito musa.", "Da gufe pi le vo.", "Ka."]
+  fractions = model.deleted_fraction(texts)
+  vocab = model.vocabulary
+  for text, got in zip(texts, fractions):
+    ids = np.asarray([vocab.encode(text) + [vocab.eos_id]], np.int32)
+    gate = Transformer(gated).apply({"params": params}, ids, method="delete_gate")
+    want = mrt5.deleted_fraction(gate, ids > 0, gated.gate_threshold)
+    assert got == pytest.approx(float(want), abs=1e-6)
+  assert 0 < fractions.mean() < 1
+
+  predictions = model.predict(texts)
+  assert len(predictions) == 3 and all(isinstance(p, str) for p in predictions)
+  assert len(model.translate(["Open."], method="beam", num_beams=2)) == 1
+  scores = model.score(texts, texts)
+  assert scores.shape == (3,) and np.all(np.isfinite(scores)) and np.all(scores <= 0)
+
+  pairs = [(f"copy: w{i}x", f"w{i}x") for i in range(8)]
+  records = model.train(pairs, 4, log_every=2, show_progress=False)
+  assert [r["step"] for r in records] == [2, 4]
+  for r in records:
+    assert 0 <= r["train/deleted_fraction"] <= 1 and r["train/gate_loss"] <= 0
+  assert records[1]["train/alpha"] != pytest.approx(
+    0.1
+  )  # the controller moved α (kept across calls)
+  alpha = float(model._controller["alpha"])
+  model.train(pairs, 1, log_every=1, show_progress=False)
+  assert model.history[-1]["train/alpha"] == pytest.approx(alpha)
+  results = model.evaluate(pairs)
+  name = model._task_name(pairs)
+  assert 0 <= results[f"{name}/deleted_fraction"] <= 1
+  with pytest.raises(ValueError, match="needs an MrT5 config"):
+    interactive().deleted_fraction(texts)

@@ -571,3 +571,123 @@ def test_two_processes_train_and_one_process_restores(tmp_path):
   step, params = final_params(run)  # this process: one process, 8 devices
   assert step == 4
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+# ----------------------------------------------------------------------------------------------
+# MrT5: a delete gate, its regularizer and the PI controller (trainer/state.py)
+
+GATED = TINY.replace(delete_gate_layer=1, use_softmax1=True)
+GATED_GIN = """
+model_config.T5Config.delete_gate_layer = 1
+model_config.T5Config.use_softmax1 = True
+train_script.train.deletion_target = 0.9
+train_script.train.deletion_k_p = 2.0
+train_script.train.deletion_alpha0 = 0.1
+"""
+GATED_KW = dict(model_config=GATED, deletion_target=0.9, deletion_k_p=2.0, deletion_alpha0=0.1)
+
+
+def gated_controller(model_dir, step):
+  """The PI controller stored in MODEL_DIR's checkpoint `step` (a partial restore)."""
+  import orbax.checkpoint as ocp
+
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {k: jax.ShapeDtypeStruct((), np.float32, sharding=sharding) for k in ("p", "i", "alpha")}
+  args = ocp.args.PyTreeRestore(
+    item={state_lib.PI_KEY: target},
+    restore_args={state_lib.PI_KEY: checkpoints._restore_args(target)},
+    partial_restore=True,
+  )
+  with ocp.PyTreeCheckpointer() as reader:
+    got = reader.restore(os.path.join(model_dir, "checkpoints", str(step), "state"), args=args)
+  return {k: float(v) for k, v in got[state_lib.PI_KEY].items()}
+
+
+@pytest.fixture(scope="module")
+def gated_run(tmp_path_factory):
+  """6 steps of a gated model, checkpoints at 3 and 6, evaluated (and decoded) at the end."""
+  run = tmp_path_factory.mktemp("gated") / "straight"
+  final = run_train(
+    run,
+    train_steps=6,
+    checkpoint_period=3,
+    eval_period=6,
+    eval_batches=1,
+    infer_eval_examples=4,
+    **GATED_KW,
+  )
+  return run, final
+
+
+def test_gated_run_logs_deletion_evaluates_and_infers(gated_run, tmp_path):
+  run, final = gated_run
+  rows = [json.loads(x) for x in open(run / "metrics.jsonl")]
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == list(range(1, 7))
+  for r in train_rows:
+    for key in ("train/deleted_fraction", "train/gate_loss", "train/alpha", "train/mean_gate"):
+      assert np.isfinite(r[key]), key
+    assert 0 <= r["train/deleted_fraction"] <= 1 and r["train/gate_loss"] <= 0
+  assert train_rows[0]["train/alpha"] == pytest.approx(0.1)  # alpha0, then the controller's
+  assert train_rows[1]["train/alpha"] > 0.1  # the target 0.9 is far above what it deletes
+  assert 0 <= final[f"{TASK}/deleted_fraction"] <= 1
+  assert {f"{TASK}/loss", f"{TASK}/bleu"} <= set(final)  # decoding (hard deletion) ran
+  assert json.loads((run / "model_config.json").read_text())["delete_gate_layer"] == 1
+  # infer on the gated checkpoint: predictions and scores, with hard deletion
+  args = dict(
+    checkpoint_path=str(run), model_config=GATED, batch_size=4, task_feature_lengths=LENGTHS
+  )
+  out = tmp_path / "task.jsonl"
+  n = train.infer(output_file=str(out), mixture_or_task_name=TASK, max_examples=4, **args)
+  rows = [json.loads(x) for x in open(out)]
+  assert n == len(rows) == 4 and all(isinstance(r["prediction"], str) for r in rows)
+  train.infer(
+    output_file=str(tmp_path / "s.jsonl"),
+    mixture_or_task_name=TASK,
+    mode="score",
+    max_examples=4,
+    **args,
+  )
+  assert all(json.loads(x)["score"] <= 0 for x in open(tmp_path / "s.jsonl"))
+
+
+def test_gated_resume_after_sigkill_is_bit_identical(gated_run, tmp_path):
+  """The gated run of `gated_run` vs 3 steps, SIGKILL after the step-3 checkpoint, resume."""
+  straight, _ = gated_run
+  resumed = tmp_path / "resumed"
+  gin_file = write_gin(tmp_path, GATED_GIN + "\nCHECKPOINT_PERIOD = 3\n")
+  killer = (
+    "import os, signal, sys, runpy\n"
+    "from trainer import checkpoints\n"
+    "save = checkpoints.Checkpointer.save\n"
+    "def save_then_die(self, step, *a, **k):\n"
+    "    save(self, step, *a, **k)\n"
+    "    if step == 3:\n"
+    "        self.wait(); os.kill(os.getpid(), signal.SIGKILL)\n"
+    "checkpoints.Checkpointer.save = save_then_die\n"
+    f"sys.argv = {train_cmd(gin_file, resumed, 6)[1:]!r}\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+  )
+  env = subprocess_env()
+  killed = subprocess.run(
+    [sys.executable, "-c", killer], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert checkpoints.Checkpointer(str(resumed / "checkpoints")).steps() == [3]
+  assert gated_controller(resumed, 3) == gated_controller(straight, 3)
+  done = subprocess.run(
+    train_cmd(gin_file, resumed, 6), env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  for key in ("train/loss", "train/alpha", "train/deleted_fraction", "train/gate_loss"):
+    assert logged(resumed, key) == logged(straight, key), key  # bit for bit
+  assert gated_controller(resumed, 6) == gated_controller(straight, 6)
+  assert gated_controller(straight, 6)["alpha"] > 0.1
+  with (
+    checkpoints.Checkpointer(str(straight / "checkpoints")) as a,
+    checkpoints.Checkpointer(str(resumed / "checkpoints")) as b,
+  ):
+    target = params_lib.abstract_target(GATED, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    (s1, p1), (s2, p2) = a.restore_params(target), b.restore_params(target)
+  assert s1 == s2 == 6
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)

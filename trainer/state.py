@@ -26,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from models import losses, mrt5, partitioning
@@ -156,7 +157,9 @@ def init_state(
 def init_controller(alpha0: float, shardings: Mapping[str, Any]) -> dict[str, jax.Array]:
   """A fresh PI controller as the train state holds it, `{"p", "i", "alpha"}`, placed."""
   pi = mrt5.pi_init(alpha0)._asdict()
-  return {k: jax.device_put(v, shardings[k]) for k, v in pi.items()}
+  # one buffer per leaf (pi_init shares its zeros): the step donates the state, and XLA
+  # refuses a buffer donated twice
+  return {k: jax.device_put(np.array(v), shardings[k]) for k, v in pi.items()}
 
 
 def _microbatches(batch: Mapping[str, jax.Array], n: int) -> dict[str, jax.Array]:
