@@ -32,7 +32,7 @@ import optax
 from models import losses, mrt5, partitioning
 from models.network import Transformer
 
-TrainState = dict  # {"step": int32 [], "params": pytree, "opt_state": optax state}
+TrainState = dict  # {"step": int32 [], "params": pytree, "opt_state": optax state[, PI_KEY]}
 
 
 @dataclasses.dataclass(frozen=True)
