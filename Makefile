@@ -45,6 +45,7 @@ bench: prepare
 	$(PY) -m bench.train_loop
 	$(PY) -m bench.scale
 	$(PY) -m bench.resume
+	$(PY) -m bench.mrt5
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
