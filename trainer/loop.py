@@ -299,7 +299,9 @@ def train(
   else:
     params = None
     if initial_checkpoint_path:
-      params = params_lib.load_params(initial_checkpoint_path, model_config, shardings["params"])
+      params = params_lib.load_initial_params(
+        initial_checkpoint_path, model_config, shardings["params"]
+      )
     state = state_lib.init_state(
       module,
       tx,

@@ -53,6 +53,23 @@ def load_params(path: str, cfg: T5Config, shardings: Any) -> Any:
   return _any_format(formats.load_params, path, cfg, shardings)
 
 
+def load_initial_params(path: str, cfg: T5Config, shardings: Any) -> Any:
+  """`load_params` for a run's INITIAL_CHECKPOINT_PATH. An MrT5 config (`delete_gate_layer`)
+  started from a checkpoint without a gate (ByT5: the paper's continued pretraining) gets the
+  checkpoint's params plus a freshly initialised gate (`models.mrt5.add_delete_gate`)."""
+  if cfg.delete_gate_layer is None or read_model_config(path).delete_gate_layer is not None:
+    return load_params(path, cfg, shardings)
+  import jax
+  import numpy as np
+
+  from models import mrt5
+
+  plain = load_params(path, cfg.replace(delete_gate_layer=None), None)
+  gated = mrt5.add_delete_gate(jax.tree.map(np.asarray, plain), cfg)
+  log.info("%s has no delete gate: starting from its params and a fresh gate", path)
+  return jax.tree.map(jax.device_put, gated, shardings)
+
+
 def read_model_config(path: str) -> T5Config:
   """The model config stored with a checkpoint: a training MODEL_DIR's model_config.json, an
   xt5 checkpoint's config.json, a Hugging Face config.json, or inferred from a T5X

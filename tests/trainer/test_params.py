@@ -93,3 +93,25 @@ def test_unreadable_path_lists_a_model_dir_too(tmp_path):
       "checkpoints/), an xt5 checkpoint (params/ + config.json), a Hugging Face directory "
       "(config.json + weights) or a T5X checkpoint ("
     )
+
+
+def test_an_mrt5_run_starts_from_a_checkpoint_without_a_gate(tmp_path):
+  """The paper's recipe: continued pretraining from ByT5 adds only the gate; a checkpoint that
+  has a gate loads as it is."""
+  plain = random_params(CFG, 3)
+  xt5.save_checkpoint(str(tmp_path / "byt5"), CFG, plain)
+  gated_cfg = CFG.replace(delete_gate_layer=1)
+  shardings = tree.sharding_tree(SHARDING, gated_cfg)
+  got = jax.tree.map(
+    np.asarray, params.load_initial_params(str(tmp_path / "byt5"), gated_cfg, shardings)
+  )
+  gate = got["encoder"]["delete_gate"]
+  assert gate["feed_forward"]["bias"].tolist() == [1.0]
+  assert jax.tree.map(np.shape, got) == jax.tree.map(np.shape, tree.param_shapes(gated_cfg))
+  assert_equal(
+    {**got, "encoder": {k: v for k, v in got["encoder"].items() if k != "delete_gate"}}, plain
+  )
+
+  trained = random_params(gated_cfg, 4)
+  xt5.save_checkpoint(str(tmp_path / "mrt5"), gated_cfg, trained)
+  assert_equal(params.load_initial_params(str(tmp_path / "mrt5"), gated_cfg, shardings), trained)
