@@ -24,8 +24,7 @@ from models import runtime
 
 runtime.configure()  # XLA and TensorFlow settings, before either starts
 
-import functools  # noqa: E402  (after runtime.configure)
-import hashlib
+import hashlib  # noqa: E402  (after runtime.configure)
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ import numpy as np
 import seqio
 import tqdm
 
-from models import formats
+from models import formats, mrt5
 from models.config import T5Config
 from trainer import data as data_lib
 from trainer import evaluation, optimizers
@@ -78,11 +77,6 @@ def default_vocabulary(cfg: T5Config) -> seqio.Vocabulary:
     f"{', '.join(what for what, _ in candidates)}): pass vocabulary=<a seqio.Vocabulary, "
     f"e.g. tasks.vocab.sentencepiece_vocabulary(PATH)> or the name of a task that uses it"
   )
-
-
-@functools.partial(jax.jit, static_argnames=("module",))
-def _gate_jit(module, params, tokens_BS):
-  return module.apply({"params": params}, tokens_BS, method="delete_gate")
 
 
 def _language_name(language: str) -> str:
@@ -349,7 +343,7 @@ class InteractiveModel:
       tokens_BS = infer_lib.encode_features(chunk, length, batch_size)["encoder_input_tokens"]
       tokens = data_lib.replicated_batch({"t": tokens_BS}, self.placement.batch_sharding)["t"]
       with self.placement.context():
-        gate_BS = np.asarray(data_lib.to_host(_gate_jit(self.module, self._params, tokens)))
+        gate_BS = np.asarray(data_lib.to_host(mrt5.compute_gate(self.module, self._params, tokens)))
       real_BS = tokens_BS > 0
       deleted_B = ((gate_BS <= self.config.gate_threshold) & real_BS).sum(axis=1)
       out.extend((deleted_B / np.maximum(real_BS.sum(axis=1), 1))[: len(chunk)])

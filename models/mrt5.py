@@ -22,6 +22,7 @@ Everything here is a pure function or a small Flax module; the trainer calls:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -162,17 +163,16 @@ def hard_deletion_module(
   cfg = module.config
   if cfg.delete_gate_layer is None:
     raise ValueError("hard deletion needs a delete gate; set delete_gate_layer")
-  gate_BS = _gate_jit(module, params, encoder_input_tokens, encoder_segment_ids)
+  gate_BS = compute_gate(module, params, encoder_input_tokens, encoder_segment_ids)
   n = int(_max_kept(gate_BS, jnp.asarray(encoder_input_tokens), cfg.gate_threshold))
   S = encoder_input_tokens.shape[1]
   return module.clone(deletion="hard", kept_length=kept_length_for(n, S, bucket))
 
 
-def _gate_values(module, params, tokens_BS, segment_ids_BS):
+@functools.partial(jax.jit, static_argnames=("module",))
+def compute_gate(module, params, tokens_BS, segment_ids_BS=None):
+  """G [B, S] of a batch: the encoder's layers up to the gate and the gate, jitted."""
   return module.apply({"params": params}, tokens_BS, segment_ids_BS, method="delete_gate")
-
-
-_gate_jit = jax.jit(_gate_values, static_argnames=("module",))
 
 
 # ----------------------------------------------------------------------------------------------
