@@ -1,10 +1,10 @@
 """xt5's data half: seqio Tasks and Mixtures, vocabularies, preprocessors, metrics, corpora.
 
 Importing `tasks` registers every task and mixture (`tasks.builtin`: the built-in corpora;
-`tasks.tfds_tasks`: mC4 and WMT; a gin run can add UniMax variants with `tasks.unimax_mixture`);
-`tasks.pairs_task` registers one over your own files of (input, target) pairs
-(`tasks.pair_files`). It knows nothing of JAX models: `tasks.get_dataset` yields batches in
-seqio's feature-converter format, which `models/` consumes.
+`tasks.tfds_tasks`: mC4 and WMT); a gin run can add UniMax variants with `tasks.unimax_mixture`
+and mixtures at its own rates with `tasks.mixture`; `tasks.pairs_task` registers one over your
+own files of (input, target) pairs (`tasks.pair_files`). It knows nothing of JAX models:
+`tasks.get_dataset` yields batches in seqio's feature-converter format, which `models/` consumes.
 """
 
 import tensorflow as tf
@@ -22,6 +22,7 @@ from tasks.registry import (
   add_language_mixture,
   get,
   mixing_proportions,
+  mixture,
 )
 from tasks.unimax import unimax_budget, unimax_mixture
 
@@ -39,6 +40,7 @@ __all__ = [
   "get",
   "get_dataset",
   "mixing_proportions",
+  "mixture",
   "pairs_task",
   "unimax_budget",
   "unimax_mixture",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
@@ -90,6 +90,25 @@ def add_language_mixture(
     rate = language_rate(sampling, maximum)
   seqio.MixtureRegistry.remove(name)
   return seqio.MixtureRegistry.add(name, list(task_names), default_rate=rate)
+
+
+def mixture(name: str, rates: Mapping[str, float]) -> str:
+  """Registers (or replaces) the mixture `name` of registered tasks or mixtures at the given
+  rates and returns its name: a gin run sets its own weights without code, e.g.
+
+    MIXTURE_OR_TASK_NAME = @tasks.mixture()
+    tasks.mixture.name = 'my_mix'
+    tasks.mixture.rates = {'byt5_mono': 0.1, 'byt5_translate_en_de': 0.9}
+  """
+  if not rates:
+    raise ValueError(f"mixture {name!r} needs at least one task")
+  for task_name, rate in rates.items():
+    get(task_name)  # an unknown name: the closest registered ones
+    if not rate > 0:
+      raise ValueError(f"mixture {name!r}: the rate of {task_name!r} must be > 0, got {rate}")
+  seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, [(task_name, float(rate)) for task_name, rate in rates.items()])
+  return name
 
 
 def mixing_proportions(mixture: seqio.Mixture) -> dict[str, float]:

@@ -94,6 +94,33 @@ def test_language_mixture_rates_and_sampling(make_text_task):
     registry.language_rate(0.0)
 
 
+def test_mixture_at_given_rates_samples_them(make_text_task):
+  names = [
+    make_text_task(
+      f"rated_{k}",
+      {"train": [k * 3] * 50},
+      [preprocessors.clean_documents, seqio.preprocessors.tokenize],
+      _byte_features(inputs=False),
+    )
+    for k in "xyz"
+  ]
+  rates = dict(zip(names, [0.1, 0.3, 0.6]))
+  assert tasks.mixture("test_rated_mixture", rates) == "test_rated_mixture"
+  mixture = tasks.get("test_rated_mixture")
+  assert tasks.mixing_proportions(mixture) == pytest.approx(rates)
+  ds = mixture.get_dataset({"targets": 4}, split="train", shuffle=True, seed=5, num_epochs=None)
+  counts = collections.Counter(int(ex["targets"][0]) for ex in ds.take(5_000).as_numpy_iterator())
+  observed = [counts[ord(k) + 3] / 5_000 for k in "xyz"]
+  np.testing.assert_allclose(observed, [0.1, 0.3, 0.6], atol=0.02)
+  # registering again replaces it (gin evaluates the reference once per use)
+  tasks.mixture("test_rated_mixture", {names[0]: 1.0})
+  assert tasks.mixing_proportions(tasks.get("test_rated_mixture")) == {names[0]: 1.0}
+  with pytest.raises(tasks.UnknownTaskError, match="rated_x"):
+    tasks.mixture("test_bad_mixture", {"rated_xx": 1.0})
+  with pytest.raises(ValueError, match="must be > 0"):
+    tasks.mixture("test_bad_mixture", {names[0]: 0.0})
+
+
 def test_packing_segments_positions_and_shifted_decoder_inputs(make_text_task):
   texts = ["ab", "cdef", "g", "hijkl", "mn", "opq"]
   name = _copy_task(make_text_task, {"train": texts, "validation": texts[:2]})
