@@ -13,7 +13,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS_DIR = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
-EXPECTED = {"quickstart", "data", "sharding", "checkpoints"}
+EXPECTED = {"quickstart", "data", "sharding", "checkpoints", "byte_models"}
 
 
 def test_every_notebook_is_here():
