@@ -45,6 +45,10 @@ EOS has `max_decode_length` tokens. Scores:
 Nothing stops a model from generating the pad id 0 (T5X and HF do not either); such a token is
 indistinguishable from padding in `tokens`.
 
+Every decoder and `score_sequences` take `encoded=`, an encoder output computed beforehand
+(an MrT5 model's hard-deletion memory, `mrt5.hard_encode`); by default they encode inside their
+jitted call.
+
 Performance: pass params as device arrays (`jax.device_put(params)` once); NumPy params are
 copied to the device on every call (README, Benchmarks).
 """
@@ -133,14 +137,17 @@ def _prefill(
   decoder_prompt_lengths,
   max_decode_length: int,
   prefix_lm: bool,
+  encoded=None,
 ) -> _Prompt:
-  """Encodes, prefills the padded prompt [B, P] in one `decode_step` call and lays out the
-  decode buffer [B, N] that the decoders then fill position by position."""
+  """Encodes (unless `encoded` is given), prefills the padded prompt [B, P] in one
+  `decode_step` call and lays out the decode buffer [B, N] that the decoders then fill position
+  by position."""
   P = _prompt_width(decoder_prompt_tokens)
   N = P + max_decode_length
   if _is_encoder_decoder(module):
     B = encoder_input_tokens.shape[0]
-    encoded = module.apply({"params": params}, encoder_input_tokens, method="encode")
+    if encoded is None:
+      encoded = module.apply({"params": params}, encoder_input_tokens, method="encode")
     if decoder_prompt_tokens is None:
       decoder_prompt_tokens = jnp.zeros((B, 1), jnp.int32)
   else:
@@ -235,6 +242,7 @@ def _sample_impl(
   top_p: float,
   eos_id: int,
   prefix_lm: bool,
+  encoded=None,
 ):
   L = max_decode_length
   prompt = _prefill(
@@ -245,6 +253,7 @@ def _sample_impl(
     decoder_prompt_lengths,
     L,
     prefix_lm,
+    encoded,
   )
   prompt_len_B = prompt.prompt_len_B
   B, N = prompt.seq_BN.shape
@@ -302,6 +311,7 @@ def greedy_decode(
   max_decode_length: int,
   eos_id: int = 1,
   prefix_lm: bool = False,
+  encoded=None,
 ) -> DecodeResult:
   """Argmax decoding. Returns tokens [B, L], scores [B] (sum of token log-probs), num_steps."""
   _check_inputs(module, encoder_input_tokens, decoder_prompt_tokens, max_decode_length)
@@ -319,6 +329,7 @@ def greedy_decode(
     top_p=1.0,
     eos_id=eos_id,
     prefix_lm=prefix_lm,
+    encoded=encoded,
   )
 
 
@@ -336,6 +347,7 @@ def temperature_sample(
   top_p: float = 1.0,
   eos_id: int = 1,
   prefix_lm: bool = False,
+  encoded=None,
 ) -> DecodeResult:
   """Samples from softmax(logits / temperature), optionally restricted to the top-k tokens
   and/or the top-p nucleus (applied in that order). Deterministic given `rng`; the key for
@@ -356,6 +368,7 @@ def temperature_sample(
       max_decode_length=max_decode_length,
       eos_id=eos_id,
       prefix_lm=prefix_lm,
+      encoded=encoded,
     )
   if rng is None:
     raise ValueError("sampling needs a PRNG key (rng)")
@@ -373,6 +386,7 @@ def temperature_sample(
     top_p=float(top_p),
     eos_id=eos_id,
     prefix_lm=prefix_lm,
+    encoded=encoded,
   )
 
 
@@ -520,6 +534,7 @@ def _beam_impl(
   alpha: float,
   eos_id: int,
   prefix_lm: bool,
+  encoded=None,
 ):
   L, W = max_decode_length, num_beams
   prompt = _prefill(
@@ -530,6 +545,7 @@ def _beam_impl(
     decoder_prompt_lengths,
     L,
     prefix_lm,
+    encoded,
   )
   seq_BN, prompt_len_B = prompt.seq_BN, prompt.prompt_len_B
   (B, N), V = seq_BN.shape, prompt.logits_BV.shape[-1]
@@ -668,6 +684,7 @@ def beam_search(
   alpha: float = 0.6,
   eos_id: int = 1,
   prefix_lm: bool = False,
+  encoded=None,
 ) -> DecodeResult:
   """T5X/T2T beam search with `num_beams` alive and `num_beams` finished hypotheses.
 
@@ -694,6 +711,7 @@ def beam_search(
     alpha=float(alpha),
     eos_id=eos_id,
     prefix_lm=prefix_lm,
+    encoded=encoded,
   )
 
 
@@ -720,16 +738,29 @@ _SCORE_FEATURES = (
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
-def _score_jit(module, params, features, targets_BT, weights_BT):
-  logits_BTV = module.apply({"params": params}, **features)
+def _score_jit(module, params, features, targets_BT, weights_BT, encoded=None):
+  if encoded is None:
+    logits_BTV = module.apply({"params": params}, **features)
+  else:
+    logits_BTV = module.apply(
+      {"params": params},
+      encoded,
+      features["encoder_input_tokens"],
+      features["decoder_input_tokens"],
+      features.get("encoder_segment_ids"),
+      features.get("decoder_segment_ids"),
+      method="decode",
+    )
   lp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
   lp_BT = jnp.take_along_axis(lp_BTV, targets_BT[..., None], axis=-1)[..., 0]
   return jnp.sum(lp_BT * weights_BT, axis=-1)
 
 
-def score_sequences(module, params, batch: Mapping[str, Any]):
+def score_sequences(module, params, batch: Mapping[str, Any], *, encoded=None):
   """Teacher-forced log-likelihood [B] of `decoder_target_tokens`: the sum of log-probs over
   target positions with weight (`decoder_loss_weights`, default `targets > 0`).
+  `encoded`: the encoder's output for the batch computed beforehand (encoder-decoder models;
+  e.g. `mrt5.hard_encode`'s memory), or None to encode here.
 
   `decoder_input_tokens` defaults to the targets shifted right behind a 0. Encoder-decoder
   batches need `encoder_input_tokens`; decoder-only ones may carry `decoder_causal_attention`
@@ -741,9 +772,11 @@ def score_sequences(module, params, batch: Mapping[str, Any]):
     features["decoder_input_tokens"] = shift_right(targets_BT)
   if _is_encoder_decoder(module) != ("encoder_input_tokens" in features):
     raise ValueError("encoder_input_tokens is required for (and only for) encoder-decoder models")
+  if encoded is not None and not _is_encoder_decoder(module):
+    raise ValueError("a decoder-only model has no encoder output; drop encoded")
   weights = batch.get("decoder_loss_weights")
   weights_BT = (targets_BT > 0) if weights is None else jnp.asarray(weights)
-  return _score_jit(module, params, features, targets_BT, weights_BT.astype(jnp.float32))
+  return _score_jit(module, params, features, targets_BT, weights_BT.astype(jnp.float32), encoded)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -766,6 +799,7 @@ def decode(
   rng=None,
   prefix_lm: bool = False,
   return_all_beams: bool = False,
+  encoded=None,
 ):
   """Decodes a seqio-style batch; returns (tokens [B, L] int32, scores [B] float32).
 
@@ -776,6 +810,8 @@ def decode(
   (num_beams/alpha). tokens are the continuation after the prompt, 0 after EOS; scores are
   summed log-probs (greedy/sample) or length-penalised log-probs (beam). With
   `return_all_beams` beam search returns [B, W, L] and [B, W], best first.
+  encoded: the encoder's output for `encoder_input_tokens` computed beforehand (an MrT5 model's
+  hard-deletion memory, `mrt5.hard_encode`); None encodes inside the decoder's jitted call.
   """
   kwargs = dict(
     encoder_input_tokens=batch.get("encoder_input_tokens"),
@@ -784,6 +820,7 @@ def decode(
     max_decode_length=max_decode_length,
     eos_id=eos_id,
     prefix_lm=prefix_lm,
+    encoded=encoded,
   )
   kwargs = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
   if method == "greedy":

@@ -13,6 +13,12 @@ Hard deletion (inference) removes the tokens with G <= threshold (default k/2) a
 on the compacted sequence, each kept token keeping its original position for the relative
 position bias. The network wiring is in `models.network` (Encoder, Transformer).
 
+Inference runs hard deletion as two jitted calls (`hard_encode`): the gate pass (layers before
+the gate, then the gate) returns a `GatePass`, whose kept count the host reads to pick the static
+compacted length S'; `encode_from_gate` then compacts and runs the later layers on S' slots from
+the gate pass's hidden states, so every layer runs once; the decoder reads the `EncodedMemory`
+(`decoding.decode(..., encoded=memory)`).
+
 Everything here is a pure function or a small Flax module; the trainer calls:
   gate_values(intermediates)                       G [B, S] sowed by the forward pass
   gate_regularizer(gate_BS, real_BS, alpha)        α · mean(G) over real tokens (the loss term)
@@ -90,6 +96,21 @@ class EncodedMemory:
   segment_ids_BS: Any = None
 
 
+@flax.struct.dataclass
+class GatePass:
+  """The encoder up to and including the gate, for the rest of the encoder to start from.
+
+  hidden_BSD: the hidden states entering encoder layer `delete_gate_layer` (what the gate reads);
+  gate_BS: float32 G; real_BS: bool, a real (non-padding) token;
+  segment_ids_BS: packed rows' segment ids (None unpacked).
+  """
+
+  hidden_BSD: jax.Array
+  gate_BS: jax.Array
+  real_BS: jax.Array
+  segment_ids_BS: Any = None
+
+
 def add_delete_gate(params, cfg: T5Config, seed: int = 0):
   """`params` of the same model without a gate (a ByT5 checkpoint, say), plus a freshly
   initialised gate for `cfg` at `encoder/delete_gate`: the paper's continued-pretraining start.
@@ -145,8 +166,49 @@ def kept_length_for(num_kept: int, length: int, bucket: int) -> int:
 
 
 @jax.jit
-def _max_kept(gate_BS, tokens_BS, threshold):
-  return jnp.max(jnp.sum((gate_BS > threshold) & (tokens_BS > 0), axis=1))
+def _max_kept(gate_BS, real_BS, threshold):
+  return jnp.max(jnp.sum((gate_BS > threshold) & real_BS, axis=1))
+
+
+def _hard_module(module, gate_BS, real_BS, bucket):
+  """`module.clone(deletion='hard', kept_length=S')`, S' read on the host from the gate."""
+  cfg = module.config
+  n = int(_max_kept(gate_BS, real_BS, cfg.gate_threshold))
+  return module.clone(deletion="hard", kept_length=kept_length_for(n, gate_BS.shape[1], bucket))
+
+
+def _check_gated(module):
+  if module.config.delete_gate_layer is None:
+    raise ValueError("hard deletion needs a delete gate; set delete_gate_layer")
+
+
+class HardEncoding(NamedTuple):
+  """`hard_encode`'s result: the hard-deletion module for this batch (S' = `kept_length`) and
+  the encoder's memory on S' slots, for `decoding.decode(module, params, batch, encoded=memory)`
+  and `decoding.score_sequences(module, params, batch, encoded=memory)`."""
+
+  module: Any
+  memory: EncodedMemory
+
+
+def hard_encode(
+  module, params, encoder_input_tokens, encoder_segment_ids=None, *, bucket: int = 64
+) -> HardEncoding:
+  """Hard-deletion encoding of a batch, every encoder layer run once, in two jitted calls.
+
+  `gate_pass` runs the layers before the gate and the gate at full length and returns their
+  hidden states with G; the host reads the batch's largest kept count and rounds it up to
+  `bucket` (S', static: one compile per S'); `encode_from_gate` compacts the kept tokens (in
+  order, each with its original position's relative bias) into S' slots and runs the layers
+  from `delete_gate_layer` on. The result equals `hard_deletion_module`'s module encoding the
+  tokens from scratch.
+  """
+  _check_gated(module)
+  tokens_BS = jnp.asarray(encoder_input_tokens)
+  seg_BS = None if encoder_segment_ids is None else jnp.asarray(encoder_segment_ids)
+  gp = gate_pass(module, params, tokens_BS, seg_BS)
+  hard = _hard_module(module, gp.gate_BS, gp.real_BS, bucket)
+  return HardEncoding(hard, encode_from_gate(hard, params, gp))
 
 
 def hard_deletion_module(
@@ -155,24 +217,33 @@ def hard_deletion_module(
   """`module` set up for hard deletion of this batch: `module.clone(deletion='hard',
   kept_length=S')`, S' the batch's largest kept count rounded up to `bucket`.
 
-  Its gate is computed once here (the layers up to the gate, jitted: `delete_gate_layer` of the
-  encoder's layers run twice) and S' is read on the host, so the decoder, the scorer and the
-  encoder's remaining layers then run jitted on a static, really shorter length. Pass the result
-  where `module` would go (`decoding.beam_search`, `score_sequences`, `apply`).
+  The gate is computed here (jitted) to read S' on the host; the module's own `encode` then
+  starts again from the tokens, so the layers before the gate run twice. Decoding and scoring
+  use `hard_encode` instead, which hands the gate pass on; this module is for calling `apply`
+  on tokens (`encode`, `__call__`), where the recomputation is the price of one call.
   """
-  cfg = module.config
-  if cfg.delete_gate_layer is None:
-    raise ValueError("hard deletion needs a delete gate; set delete_gate_layer")
+  _check_gated(module)
   gate_BS = compute_gate(module, params, encoder_input_tokens, encoder_segment_ids)
-  n = int(_max_kept(gate_BS, jnp.asarray(encoder_input_tokens), cfg.gate_threshold))
-  S = encoder_input_tokens.shape[1]
-  return module.clone(deletion="hard", kept_length=kept_length_for(n, S, bucket))
+  return _hard_module(module, gate_BS, jnp.asarray(encoder_input_tokens) > 0, bucket)
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
 def compute_gate(module, params, tokens_BS, segment_ids_BS=None):
   """G [B, S] of a batch: the encoder's layers up to the gate and the gate, jitted."""
   return module.apply({"params": params}, tokens_BS, segment_ids_BS, method="delete_gate")
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def gate_pass(module, params, tokens_BS, segment_ids_BS=None) -> GatePass:
+  """The `GatePass` of a batch (the layers before the gate and the gate), jitted."""
+  return module.apply({"params": params}, tokens_BS, segment_ids_BS, method="gate_pass")
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def encode_from_gate(module, params, gate_pass: GatePass) -> EncodedMemory:
+  """`module`'s encoder memory from a finished `gate_pass`: only the layers from
+  `delete_gate_layer` on run (compacted to `module.kept_length` slots when it deletes hard)."""
+  return module.apply({"params": params}, gate_pass, method="encode_from_gate")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,12 +305,18 @@ __all__ = [
   "DeleteGate",
   "add_delete_gate",
   "EncodedMemory",
+  "GatePass",
+  "HardEncoding",
   "PIState",
   "compaction",
+  "compute_gate",
   "deleted_fraction",
+  "encode_from_gate",
   "gate_regularizer",
+  "gate_pass",
   "gate_values",
   "hard_deletion_module",
+  "hard_encode",
   "kept_length_for",
   "pi_init",
   "pi_update",

@@ -143,10 +143,18 @@ class Encoder(nn.Module):
     deletion="soft",
     kept_length=None,
     gate_only=False,
+    gate_pass=None,
   ):
     """Encoder output [B, S, D]; with a delete gate, an `mrt5.EncodedMemory` (or with
-    `gate_only` just the gate [B, S]). `deletion`: 'soft' or 'hard' (see `_gated_layers`)."""
+    `gate_only` the `mrt5.GatePass`: the layers before the gate and the gate alone).
+    `deletion`: 'soft' or 'hard' (see `_after_gate`). `gate_pass`: a finished gate pass of
+    this batch; the encoder then starts from it (`tokens_BS` and `segment_ids_BS` unused) and
+    runs only the layers from `delete_gate_layer` on."""
     cfg = self.config
+    if gate_pass is not None:
+      S = gate_pass.hidden_BSD.shape[1]
+      position_1HSS = _relpos_bias(cfg, bidirectional=True)(S, S)
+      return _after_gate(cfg, gate_pass, position_1HSS, deterministic, deletion, kept_length)
     S = tokens_BS.shape[1]
     key_ok = (tokens_BS > 0)[:, None, None, :]
     if segment_ids_BS is not None:
@@ -160,16 +168,17 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     if cfg.delete_gate_layer is not None:
-      return _gated_layers(
-        cfg,
-        x,
-        tokens_BS,
-        segment_ids_BS,
-        bias_BHSS,
-        deterministic,
-        deletion,
-        kept_length,
-        gate_only,
+      # a gated config has one stack-wide position bias (no per-layer biases: T5Config checks)
+      x = _run_layers(
+        cfg, EncoderLayer, cfg.delete_gate_layer, x, (bias_BHSS,), deterministic=deterministic
+      )
+      real_BS = tokens_BS > 0
+      gate_BS = mrt5.DeleteGate(cfg, name="delete_gate")(x, real_BS)
+      gate_pass = mrt5.GatePass(x, gate_BS, real_BS, segment_ids_BS)
+      if gate_only:
+        return gate_pass
+      return _after_gate(
+        cfg, gate_pass, bias_BHSS[1], deterministic, deletion, kept_length, bias_BHSS[0]
       )
     x = _run_layers(
       cfg, EncoderLayer, cfg.num_encoder_layers, x, (bias_BHSS,), deterministic=deterministic
@@ -182,43 +191,46 @@ def _encoder_out(cfg: T5Config, x, deterministic):
   return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
 
 
-def _gated_layers(
-  cfg, x, tokens_BS, segment_ids_BS, bias_BHSS, deterministic, deletion, kept_length, gate_only
+def _after_gate(
+  cfg, gate_pass, position_1HSS, deterministic, deletion, kept_length, mask_BHSS=None
 ):
-  """The encoder's layers around an MrT5 delete gate (called inside `Encoder.__call__`).
+  """The encoder's layers from `delete_gate_layer` on, after an MrT5 gate pass (called inside
+  `Encoder.__call__`, whether the gate pass ran in the same call or an earlier one).
 
-  Layers before `delete_gate_layer` run as usual; the gate reads their output. Soft deletion:
-  the later layers add G along their keys. Hard deletion: tokens with G <= threshold leave; the
-  kept ones are compacted into `kept_length` slots (static; default S, exact but no faster),
-  each with its original position's relative bias and segment id, and the later layers and the
-  decoder's cross-attention run on S' = `kept_length` slots. Kept tokens still add their G, as in
-  training, so a saturated gate gives the soft model's outputs.
+  Soft deletion: the later layers add G along their keys. Hard deletion: tokens with G <=
+  threshold leave; the kept ones are compacted into `kept_length` slots (static; default S,
+  exact but no faster), each with its original position's relative bias and segment id, and the
+  later layers and the decoder's cross-attention run on S' = `kept_length` slots. Kept tokens
+  still add their G, as in training, so a saturated gate gives the soft model's outputs.
+  `mask_BHSS`: the full-length key mask bias when the caller has it (soft deletion reuses it).
   """
   if deletion not in ("soft", "hard"):
     raise ValueError(f"deletion={deletion!r}; expected 'soft' or 'hard'")
-  L, S = cfg.delete_gate_layer, tokens_BS.shape[1]
-  x = _run_layers(cfg, EncoderLayer, L, x, (bias_BHSS,), deterministic=deterministic)
-  real_BS = tokens_BS > 0
-  gate_BS = mrt5.DeleteGate(cfg, name="delete_gate")(x, real_BS)
-  if gate_only:
-    return gate_BS
-  key_ok_BS, seg_BS = real_BS, segment_ids_BS
+  x, gate_BS, real_BS = gate_pass.hidden_BSD, gate_pass.gate_BS, gate_pass.real_BS
+  key_ok_BS, seg_BS = real_BS, gate_pass.segment_ids_BS
+  S = x.shape[1]
   if deletion == "hard":
     keep_BS = (gate_BS > cfg.gate_threshold) & real_BS
     idx_BS, key_ok_BS = mrt5.compaction(keep_BS, S if kept_length is None else kept_length)
     x, gate_BS = mrt5.gather_slots(x, idx_BS), mrt5.gather_slots(gate_BS, idx_BS)
     if seg_BS is not None:
       seg_BS = jnp.where(key_ok_BS, mrt5.gather_slots(seg_BS, idx_BS), 0)
+    position_BHSS = mrt5.gather_position_bias(position_1HSS, idx_BS)
+    mask_BHSS = None
+  else:
+    position_BHSS = position_1HSS
+  if mask_BHSS is None:
     key_ok = key_ok_BS[:, None, None, :]
     if seg_BS is not None:
       key_ok = key_ok & (seg_BS[:, None, :, None] == seg_BS[:, None, None, :])
-    bias_BHSS = (mask_to_bias(key_ok), mrt5.gather_position_bias(bias_BHSS[1], idx_BS))
+    mask_BHSS = mask_to_bias(key_ok)
+  L = cfg.delete_gate_layer
   x = _run_layers(
     cfg,
     EncoderLayer,
     cfg.num_encoder_layers - L,
     x,
-    ((*bias_BHSS, mrt5.key_bias(gate_BS)),),
+    ((mask_BHSS, position_BHSS, mrt5.key_bias(gate_BS)),),
     first=L,
     deterministic=deterministic,
   )
@@ -302,6 +314,8 @@ class Transformer(nn.Module):
     decode        teacher-forced decoder logits given an encoder output.
     decode_step   cached decoding: logits for T new tokens at [cache_index, cache_index + T).
     delete_gate   MrT5's gate values G [B, S] (float32) of the encoder inputs.
+    gate_pass     MrT5's layers before the gate and the gate: an `mrt5.GatePass`.
+    encode_from_gate  `encode`'s result from a `gate_pass`, running only the later layers.
 
   With a delete gate (`config.delete_gate_layer`), `encode` returns an `mrt5.EncodedMemory`,
   which `decode` and `decode_step` take where they take the encoder output, and sows the gate
@@ -311,7 +325,7 @@ class Transformer(nn.Module):
 
   config: T5Config
   # MrT5 (a config with `delete_gate_layer`): 'soft' or 'hard' deletion in `encode`, and for
-  # 'hard' the static number of encoder slots kept (None: S). `mrt5.hard_deletion_module` sets
+  # 'hard' the static number of encoder slots kept (None: S). `mrt5.hard_encode` sets
   # both for a batch.
   deletion: str = "soft"
   kept_length: int | None = None
@@ -370,7 +384,21 @@ class Transformer(nn.Module):
     return memory
 
   def delete_gate(self, encoder_input_tokens, encoder_segment_ids=None):
+    return self.gate_pass(encoder_input_tokens, encoder_segment_ids).gate_BS
+
+  def gate_pass(self, encoder_input_tokens, encoder_segment_ids=None):
     return self.encoder(encoder_input_tokens, encoder_segment_ids, gate_only=True)
+
+  def encode_from_gate(self, gate_pass, deterministic=True):
+    """`encode`'s memory from a finished `gate_pass` of the same batch: the layers before the
+    gate are not run again (hard deletion's second call, `mrt5.hard_encode`)."""
+    return self.encoder(
+      None,
+      deterministic=deterministic,
+      deletion=self.deletion,
+      kept_length=self.kept_length,
+      gate_pass=gate_pass,
+    )
 
   def decode(
     self,

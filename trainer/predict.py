@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -84,12 +85,30 @@ def decoding_module(
   module: Transformer, params, batch: Mapping, bucket: int = DecodeConfig.deletion_bucket
 ) -> Transformer:
   """The module to decode or score `batch` (arrays on the mesh) with: `module` itself, or for
-  an MrT5 model the one that deletes this batch's tokens hard (`mrt5.hard_deletion_module`:
-  a jitted gate pass reads the kept count on the host, then the decoder runs jitted on the
-  bucketed kept length, whose compilations jax caches per length)."""
+  an MrT5 model the one that deletes this batch's tokens hard (`mrt5.hard_deletion_module`).
+  Its `encode` recomputes the layers before the gate; `decoding_inputs` does not."""
   if module.config.delete_gate_layer is None:
     return module
   return mrt5.hard_deletion_module(
+    module,
+    params,
+    batch["encoder_input_tokens"],
+    batch.get("encoder_segment_ids"),
+    bucket=bucket,
+  )
+
+
+def decoding_inputs(
+  module: Transformer, params, batch: Mapping, bucket: int = DecodeConfig.deletion_bucket
+) -> tuple[Transformer, Any]:
+  """(module, encoded) to decode or score `batch` (arrays on the mesh) with: `(module, None)`
+  (the decoder encodes), or for an MrT5 model the hard-deletion module and its memory
+  (`mrt5.hard_encode`: a jitted gate pass whose kept count the host reads, then a jitted call
+  running the later encoder layers on the bucketed kept length; every layer runs once, and jax
+  caches a compilation per length)."""
+  if module.config.delete_gate_layer is None:
+    return module, None
+  return mrt5.hard_encode(
     module,
     params,
     batch["encoder_input_tokens"],
@@ -111,7 +130,7 @@ def make_predict_fn(
   """numpy batch -> (tokens [B, L], scores [B]) with the model's decoding, on the mesh.
   A decoder-only model needs `prompt_length`, its prompts' width (`prompt_length(lengths)`):
   one shape, so one compilation, for every batch. Sampling draws a new key per call, from
-  `seed`. An MrT5 model decodes with hard deletion (`decoding_module`)."""
+  `seed`. An MrT5 model decodes with hard deletion (`decoding_inputs`)."""
   key, calls = jax.random.key(seed), itertools.count()
   decoder_only = module.config.architecture == "decoder_only"
   if decoder_only and prompt_length is None:
@@ -124,10 +143,12 @@ def make_predict_fn(
       features = {"encoder_input_tokens": batch["encoder_input_tokens"]}
     features = data.replicated_batch(features, placement.batch_sharding)
     with placement.context():
+      m, encoded = decoding_inputs(module, params, features, decode.deletion_bucket)
       tokens, scores = decoding.decode(
-        decoding_module(module, params, features, decode.deletion_bucket),
+        m,
         params,
         features,
+        encoded=encoded,
         method=decode.method,
         max_decode_length=max_decode_length,
         num_beams=decode.num_beams,
@@ -151,7 +172,7 @@ def make_score_fn(
   deletion_bucket: int = DecodeConfig.deletion_bucket,
 ) -> Callable:
   """numpy batch with decoder features -> [B] summed log-likelihood of the targets (an MrT5
-  model: with hard deletion, `decoding_module`)."""
+  model: with hard deletion, `decoding_inputs`)."""
   keys = (
     "encoder_input_tokens",
     "decoder_input_tokens",
@@ -165,8 +186,8 @@ def make_score_fn(
       {k: batch[k] for k in keys if k in batch}, placement.batch_sharding
     )
     with placement.context():
-      m = decoding_module(module, params, features, deletion_bucket)
-      return data.to_host(decoding.score_sequences(m, params, features))
+      m, encoded = decoding_inputs(module, params, features, deletion_bucket)
+      return data.to_host(decoding.score_sequences(m, params, features, encoded=encoded))
 
   return score
 

@@ -6,6 +6,8 @@ gate saturates), finite differences (gradients into the gate), softmax_1's formu
 NumPy, and the paper's PI controller (Section 3.2) driving a synthetic gate.
 """
 
+import collections
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 
 from models import decoding, layers, mrt5
 from models.config import T5Config
-from models.network import Transformer
+from models.network import EncoderLayer, Transformer
 
 K = -30.0  # the paper's sigmoid_mask_scale
 
@@ -324,10 +326,104 @@ def test_hard_deletion_decodes_and_scores_like_soft():
   np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5)
 
 
+def _encoder_layer_calls(fn):
+  """fn()'s result and how many times each encoder layer ran in it, by name (eagerly, with jit
+  off, so each count is an execution, not a trace)."""
+  calls = collections.Counter()
+
+  def count(next_fun, args, kwargs, context):
+    if isinstance(context.module, EncoderLayer) and context.method_name == "__call__":
+      calls[context.module.name] += 1
+    return next_fun(*args, **kwargs)
+
+  with jax.disable_jit(), nn.intercept_methods(count):
+    out = jax.block_until_ready(fn())
+  return out, dict(calls)
+
+
+def _jit_encode(module, params, enc, seg=None):
+  return jax.jit(lambda p, e, s: module.apply({"params": p}, e, s, method="encode"))(
+    params, enc, seg
+  )
+
+
+def _assert_same_memory(new, old):
+  """Masks and segment ids equal; float leaves equal to 1e-6 of their largest magnitude."""
+  for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    if jnp.issubdtype(a.dtype, jnp.floating):
+      assert _rel(a, b) <= 1e-6
+    else:
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_hard_encode_runs_the_early_layers_once_and_equals_the_recompute():
+  """`hard_encode` (gate pass, then the later layers from its hidden states) runs every encoder
+  layer once; `hard_deletion_module`'s module re-encodes the tokens and runs the layers before
+  the gate twice. Both give the same memory, decodes and scores."""
+  cfg = GATED.replace(num_encoder_layers=4, delete_gate_layer=2)
+  enc, _ = _batch(np.random.default_rng(13), S=16)
+  dec = jnp.zeros((3, 1), jnp.int32)
+  params, soft, old = _soft_and_hard(cfg, enc, dec)
+  assert old.kept_length < 16
+  feats = {"encoder_input_tokens": enc}
+  kw = dict(method="greedy", max_decode_length=3)
+
+  def new_path():
+    h = mrt5.hard_encode(soft, params, enc, bucket=4)
+    return h, decoding.decode(h.module, params, feats, encoded=h.memory, **kw)
+
+  def old_path():
+    return decoding.decode(
+      mrt5.hard_deletion_module(soft, params, enc, bucket=4), params, feats, **kw
+    )
+
+  _, once = _encoder_layer_calls(new_path)
+  assert once == {f"layers_{i}": 1 for i in range(4)}
+  _, twice = _encoder_layer_calls(old_path)
+  assert twice == {"layers_0": 2, "layers_1": 2, "layers_2": 1, "layers_3": 1}
+
+  # jitted, as in use (eager op-by-op rounding differs from a compiled program's)
+  h, (t_new, s_new) = new_path()
+  t_old, s_old = old_path()
+  assert h.module.deletion == "hard" and h.module.kept_length == old.kept_length
+  _assert_same_memory(h.memory, _jit_encode(old, params, enc))
+  np.testing.assert_array_equal(np.asarray(t_new), np.asarray(t_old))
+  np.testing.assert_allclose(np.asarray(s_new), np.asarray(s_old), rtol=1e-6)
+  targets = jnp.asarray(np.random.default_rng(14).integers(2, 64, (3, 5)))
+  batch = {"encoder_input_tokens": enc, "decoder_target_tokens": targets}
+  a = decoding.score_sequences(h.module, params, batch, encoded=h.memory)
+  b = decoding.score_sequences(old, params, batch)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+  # the second call needs none of the early layers' or the gate's params: it cannot run them
+  gp = mrt5.gate_pass(soft, params, enc)
+  drop = ("layers_0", "layers_1", "delete_gate")
+  late = {**params, "encoder": {k: v for k, v in params["encoder"].items() if k not in drop}}
+  m_late = mrt5.encode_from_gate(h.module, late, gp)
+  np.testing.assert_array_equal(np.asarray(m_late.encoded_BSD), np.asarray(h.memory.encoded_BSD))
+
+
+def test_hard_encode_equals_the_recompute_with_packing():
+  rng = np.random.default_rng(15)
+  enc, _ = _batch(rng, B=2, S=16, T=8)
+  enc_seg = jnp.asarray([[1] * 7 + [2] * 6 + [0] * 3, [1] * 10 + [2] * 6])
+  enc = jnp.where(enc_seg > 0, enc, 0)
+  params = _saturate(_params(GATED, enc, jnp.zeros((2, 1), jnp.int32)))
+  soft = Transformer(GATED)
+  h = mrt5.hard_encode(soft, params, enc, enc_seg, bucket=4)
+  old = mrt5.hard_deletion_module(soft, params, enc, enc_seg, bucket=4)
+  assert h.module.kept_length == old.kept_length < 16
+  assert h.memory.segment_ids_BS is not None
+  _assert_same_memory(h.memory, _jit_encode(old, params, enc, enc_seg))
+
+
 def test_hard_deletion_without_a_gate_is_an_error():
   enc, _ = _batch(np.random.default_rng(12))
   with pytest.raises(ValueError, match="delete_gate_layer"):
     mrt5.hard_deletion_module(Transformer(TINY), None, enc)
+  with pytest.raises(ValueError, match="delete_gate_layer"):
+    mrt5.hard_encode(Transformer(TINY), None, enc)
 
 
 # ----------------------------------------------------------------------------------------------

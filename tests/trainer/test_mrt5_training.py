@@ -245,3 +245,21 @@ def test_predict_and_score_delete_hard_and_match_soft_deletion():
 def test_without_a_gate_decoding_uses_the_module_itself():
   module = Transformer(CFG.replace(delete_gate_layer=None, use_softmax1=False))
   assert predict_lib.decoding_module(module, None, _batch()) is module
+
+
+def test_decoding_inputs_hand_the_hard_deletion_memory_on():
+  """predict and score encode once: `decoding_inputs` gives the hard-deletion module (the same
+  S' as `decoding_module`) and its memory on S' slots, equal to that module's own encode."""
+  _, module, *_, batch = _setup()
+  enc = batch["encoder_input_tokens"]
+  params = nn.unbox(module.init(jax.random.key(2), enc, batch["decoder_input_tokens"])["params"])
+  params = _saturated(params)
+  m, memory = predict_lib.decoding_inputs(module, params, batch, bucket=2)
+  assert m.kept_length == predict_lib.decoding_module(module, params, batch, bucket=2).kept_length
+  assert memory.encoded_BSD.shape == (enc.shape[0], m.kept_length, CFG.d_model)
+  want = jax.jit(lambda p: m.apply({"params": p}, enc, method="encode"))(params)
+  err = jnp.max(jnp.abs(memory.encoded_BSD - want.encoded_BSD))
+  assert float(err) <= 1e-6 * float(jnp.max(jnp.abs(want.encoded_BSD)))
+  np.testing.assert_array_equal(np.asarray(memory.key_ok_BS), np.asarray(want.key_ok_BS))
+  plain = Transformer(CFG.replace(delete_gate_layer=None, use_softmax1=False))
+  assert predict_lib.decoding_inputs(plain, None, batch) == (plain, None)
