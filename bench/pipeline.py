@@ -33,13 +33,15 @@ CONFIGS = {  # name: (task, inputs length, targets length)
 }
 
 
-def pipeline_rate(task: str, inputs: int, targets: int, batch: int, rows: int) -> dict:
+def pipeline_rate(
+  task: str, inputs: int, targets: int, batch: int, rows: int, warmup_rows: int = 64
+) -> dict:
   """Rows/s and examples/s (packed segments) of the packed train pipeline, after warm-up."""
   ds = tasks.get_dataset(
     task, "train", {"inputs": inputs, "targets": targets}, batch_size=batch, shuffle=True, seed=0
   )
   it = tasks.as_numpy(ds, task)
-  for _ in range(max(2, 64 // batch)):  # warm-up: open every source, fill prefetch buffers
+  for _ in range(max(2, warmup_rows // batch)):  # warm-up: open every source, fill prefetch buffers
     next(it)
   t0 = time.perf_counter()
   num_rows = examples = tokens = 0
@@ -69,12 +71,15 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=8, help="rows per batch, pipeline and train step")
   p.add_argument("--rows", type=int, default=2000, help="rows timed per configuration")
   p.add_argument("--iters", type=int, default=3, help="timed train steps")
+  p.add_argument(
+    "--warmup-rows", type=int, default=64, help="rows read before timing (at least 2 batches)"
+  )
   args = p.parse_args(argv)
   corpora.require_prepared("bench.pipeline")
 
   rows, results = [], {}
   for name, (task, inputs, targets) in CONFIGS.items():
-    rate = pipeline_rate(task, inputs, targets, args.batch, args.rows)
+    rate = pipeline_rate(task, inputs, targets, args.batch, args.rows, args.warmup_rows)
     vocab_size = vocab.padded_vocab_size(tasks.get(task).output_features["targets"].vocabulary)
     consumed = train_rows_per_s(args.model, vocab_size, inputs, targets, args.batch, args.iters)
     results[name] = {**rate, "train_rows_per_s": consumed, "ratio": rate["rows_per_s"] / consumed}

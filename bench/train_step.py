@@ -38,18 +38,19 @@ from trainer import metrics, optimizers
 
 MODELS = {
   "small": T5Config(),  # T5.1.1-small: 512 d_model, 6 heads, 8+8 layers, d_ff 1024, GEGLU
-  # a few-KB model: exercises the whole script in seconds (tests/bench), measures nothing
+  # a few-KB model: exercises the whole script in seconds (tests/bench), measures nothing; one
+  # layer a side, since compiling each layer is most of the scripts' time on it
   "tiny": T5Config(
     vocab_size=128,
     d_model=32,
     num_heads=2,
     head_dim=16,
     d_ff=64,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
   ),
 }
-CEILING_N = 2048  # the square matmul that measures the machine's fp32 ceiling
+CEILING_N = 2048  # the square matmul that measures the machine's fp32 ceiling (--ceiling-n)
 
 
 def make_batch(cfg, batch, inputs_len, targets_len, seed=0):
@@ -118,12 +119,12 @@ def hf_step(cfg, batch_np, bf16_autocast):
   return run
 
 
-def hf_peer(cfg_dict, batch_np):
+def hf_peer(cfg_dict, batch_np, ceiling_n=CEILING_N):
   """Child-process factory: the HF train steps and PyTorch's matmul for the ceiling."""
   import torch
 
   cfg = T5Config.from_dict(cfg_dict)
-  ta = torch.randn(CEILING_N, CEILING_N)
+  ta = torch.randn(ceiling_n, ceiling_n)
   return {
     "hf fp32": hf_step(cfg, batch_np, bf16_autocast=False),
     "hf bf16-autocast": hf_step(cfg, batch_np, bf16_autocast=True),
@@ -131,9 +132,8 @@ def hf_peer(cfg_dict, batch_np):
   }
 
 
-def fp32_matmul_ceiling(peer: PeerProcess):
+def fp32_matmul_ceiling(peer: PeerProcess, n: int = CEILING_N):
   """GFLOP/s of an n×n×n fp32 matmul, the better of XLA and PyTorch (each at its best)."""
-  n = CEILING_N
   xla = metrics.measure_host_matmul_flops(n, iters=10, warmup=2)
   torch = 2 * n**3 / peer["torch matmul"]()
   return max(xla, torch) / 1e9
@@ -145,7 +145,7 @@ def accelerator_main(args, cfg, batch_np, step_flops, target_tokens):
   peak = metrics.peak_flops_per_device(device)
   peak_what = f"{device.device_kind} bf16 peak"
   if peak is None:
-    peak = metrics.measure_host_matmul_flops(CEILING_N, iters=10, warmup=2)
+    peak = metrics.measure_host_matmul_flops(args.ceiling_n, iters=10, warmup=2)
     peak_what = f"measured fp32 matmul on {device.device_kind}"
   times = time_interleaved(
     {
@@ -188,6 +188,12 @@ def main(argv=None):
   p.add_argument("--inputs", type=int, default=512)
   p.add_argument("--targets", type=int, default=114)
   p.add_argument("--iters", type=int, default=3, help="timed rounds (interleaved)")
+  p.add_argument(
+    "--ceiling-n",
+    type=int,
+    default=CEILING_N,
+    help="side of the square fp32 matmul that measures the machine's ceiling",
+  )
   args = p.parse_args(argv)
 
   cfg = MODELS[args.model]
@@ -196,9 +202,9 @@ def main(argv=None):
   target_tokens = args.batch * args.targets
   if jax.default_backend() != "cpu":
     return accelerator_main(args, cfg, batch_np, step_flops, target_tokens)
-  peer = PeerProcess("bench.train_step:hf_peer", cfg.to_dict(), batch_np)
+  peer = PeerProcess("bench.train_step:hf_peer", cfg.to_dict(), batch_np, args.ceiling_n)
   try:
-    ceiling = fp32_matmul_ceiling(peer)
+    ceiling = fp32_matmul_ceiling(peer, args.ceiling_n)
     times = time_interleaved(
       {
         "xt5 fp32": xt5_step(cfg, batch_np),

@@ -57,10 +57,17 @@ class PeerProcess:
     self._conn, child = ctx.Pipe()
     self._proc = ctx.Process(target=_peer_main, args=(child, factory, args), daemon=True)
     self._proc.start()
+    child.close()  # the child's end lives in the child alone: its death ends our recv() with EOF
     self._receive()  # the child's ready signal: its callables are built
 
   def _receive(self):
-    msg = self._conn.recv()
+    try:
+      msg = self._conn.recv()
+    except EOFError:
+      self._proc.join(timeout=10)
+      raise RuntimeError(
+        f"peer process exited (code {self._proc.exitcode}) before answering"
+      ) from None
     if isinstance(msg, BaseException):
       raise RuntimeError(f"peer process failed: {msg!r}") from msg
     return msg

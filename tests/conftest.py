@@ -4,7 +4,9 @@ pytest imports this before any test module, so the environment below is in place
 `import jax` (XLA reads these flags when its backend starts).
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -28,6 +30,18 @@ os.environ.setdefault(
   "XT5_MT5_VOCAB",
   os.path.join(tempfile.gettempdir(), f"xt5-test-mt5-vocab-{os.getuid()}", "sentencepiece.model"),
 )
+# JAX's persistent compilation cache, fresh for each session and shared through the environment
+# with xdist workers and the train.py subprocesses: many tests compile the same tiny programs
+# (train step, eval, decoders), and every such compile after the first loads the executable XLA
+# built the first time. Each program is still compiled in the session. The size limit turns on
+# JAX's file lock, so concurrent processes never read a half-written entry. The process that
+# made the directory removes it when it exits (with xdist, the controller, after its workers).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _jax_cache = tempfile.mkdtemp(prefix=f"xt5-test-jax-cache-{os.getuid()}-")
+  atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 
 @pytest.fixture(scope="session")

@@ -398,22 +398,31 @@ def test_missing_model_config_and_missing_gin_file(tmp_path, capsys):
   assert "did you mean configs/runs/pretrain.gin" in capsys.readouterr().err
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path):
-  """10 straight steps vs 5 steps, SIGKILL right after the step-5 checkpoint, then resume."""
-  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  run_train(straight, train_steps=10, checkpoint_period=5)
-  gin_file = write_gin(tmp_path, "\nCHECKPOINT_PERIOD = 5\n")
-  # The child kills itself (SIGKILL: no handler, no cleanup) once step 5 is committed.
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """6 uninterrupted steps of the tiny model, checkpoints at 2, 4 and 6: the reference the resume
+  tests compare with (constant learning rate, so its first 4 steps are a 4-step run's too).
+  Tests only read it."""
+  run = tmp_path_factory.mktemp("straight") / "run"
+  run_train(run, train_steps=6, checkpoint_period=2)
+  return run
+
+
+def test_resume_after_sigkill_is_bit_identical(straight_run, tmp_path):
+  """6 straight steps vs 4 steps, SIGKILL right after the step-4 checkpoint, then resume."""
+  straight, resumed = straight_run, tmp_path / "resumed"
+  gin_file = write_gin(tmp_path, "\nCHECKPOINT_PERIOD = 2\n")
+  # The child kills itself (SIGKILL: no handler, no cleanup) once step 4 is committed.
   killer = (
     "import os, signal, sys, runpy\n"
     "from trainer import checkpoints\n"
     "save = checkpoints.Checkpointer.save\n"
     "def save_then_die(self, step, *a, **k):\n"
     "    save(self, step, *a, **k)\n"
-    "    if step == 5:\n"
+    "    if step == 4:\n"
     "        self.wait(); os.kill(os.getpid(), signal.SIGKILL)\n"
     "checkpoints.Checkpointer.save = save_then_die\n"
-    f"sys.argv = {train_cmd(gin_file, resumed, 10)[1:]!r}\n"
+    f"sys.argv = {train_cmd(gin_file, resumed, 6)[1:]!r}\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
   )
   env = subprocess_env()
@@ -421,14 +430,14 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     [sys.executable, "-c", killer], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
   )
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-  assert checkpoints.Checkpointer(str(resumed / "checkpoints")).steps() == [5]
+  assert checkpoints.Checkpointer(str(resumed / "checkpoints")).steps() == [2, 4]
   done = subprocess.run(
-    train_cmd(gin_file, resumed, 10), env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    train_cmd(gin_file, resumed, 6), env=env, cwd=REPO, capture_output=True, text=True, timeout=300
   )
   assert done.returncode == 0, done.stderr[-3000:]
   assert logged(resumed) == logged(straight)  # every step's loss, bit for bit
   (s1, p1), (s2, p2) = final_params(straight), final_params(resumed)
-  assert s1 == s2 == 10
+  assert s1 == s2 == 6
   jax.tree.map(np.testing.assert_array_equal, p1, p2)
 
 
@@ -449,14 +458,12 @@ def test_one_device_and_eight_devices_agree(tmp_path):
     )
 
 
-def test_resume_on_a_different_mesh(tmp_path):
+def test_resume_on_a_different_mesh(straight_run, tmp_path):
   run = tmp_path / "run"
   run_train(run, train_steps=2, checkpoint_period=2, partitioning_rules="fsdp")  # 8 devices
   run_train(run, train_steps=4, checkpoint_period=2, mesh_shape={"data": 2, "model": 1})
   assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [2, 4]
-  straight = tmp_path / "straight"
-  run_train(straight, train_steps=4)
-  resumed, want = logged(run), logged(straight)
+  resumed, want = logged(run), logged(straight_run)
   assert sorted(resumed) == [1, 2, 3, 4]
   np.testing.assert_allclose([resumed[s] for s in (3, 4)], [want[s] for s in (3, 4)], atol=1e-5)
 
@@ -506,7 +513,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
   assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [5]
 
 
-def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+def test_corrupted_newest_checkpoint_falls_back_to_the_previous(straight_run, tmp_path, caplog):
   run = tmp_path / "run"
   run_train(run, train_steps=4, checkpoint_period=2)
   step4 = run / "checkpoints" / "4" / "state"
@@ -517,9 +524,7 @@ def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
   run_train(run, train_steps=6, checkpoint_period=2)
   assert "checkpoint step 4" in caplog.text and "unusable" in caplog.text
   assert checkpoints.Checkpointer(str(run / "checkpoints")).steps() == [2, 4, 6]
-  straight = tmp_path / "straight"
-  run_train(straight, train_steps=6, checkpoint_period=2)
-  assert logged(run) == logged(straight)  # steps 3-6 redone from step 2, identically
+  assert logged(run) == logged(straight_run)  # steps 3-6 redone from step 2, identically
 
 
 def _free_port():

@@ -1,6 +1,8 @@
 """The benchmark scripts run end to end (tiny model, one round) and end with their JSON line.
 
-They measure nothing here; this keeps `make bench` from rotting, since CI never runs it.
+They measure nothing here; this keeps `make bench` from rotting, since CI never runs it. So every
+size a script takes is set as small as still runs each of its code paths (the ceiling's matmul,
+the pipeline's warm-up, resume's replay).
 """
 
 import json
@@ -18,7 +20,7 @@ def _last_json(capsys):
 @pytest.mark.slow
 def test_train_step_bench_runs_and_reports_ratios(capsys):
   train_step.main(
-    ["--model", "tiny", "--batch", "2", "--inputs", "16", "--targets", "8", "--iters", "1"]
+    "--model tiny --batch 2 --inputs 16 --targets 8 --iters 1 --ceiling-n 256".split()
   )
   result = _last_json(capsys)
   assert result["bench"] == "train_step"
@@ -40,7 +42,9 @@ def test_decode_bench_runs_and_reports_ratios(capsys):
 def test_pipeline_bench_runs_and_reports_ratios(capsys, builtin_data):
   from bench import pipeline  # noqa: PLC0415 (imports tasks: TensorFlow)
 
-  pipeline.main(["--model", "tiny", "--batch", "2", "--rows", "4", "--iters", "1"])
+  pipeline.main(
+    ["--model", "tiny", "--batch", "2", "--rows", "4", "--iters", "1", "--warmup-rows", "4"]
+  )
   result = _last_json(capsys)
   assert result["bench"] == "pipeline"
   assert result["rows_per_s"] > 0 and result["ratio_vs_train_step"] > 0
@@ -67,8 +71,10 @@ def test_train_loop_bench_runs_and_reports_overhead(capsys, builtin_data):
 def test_resume_bench_runs_and_reports_restore_times(capsys, builtin_data):
   from bench import resume  # noqa: PLC0415 (imports tasks: TensorFlow)
 
-  resume.main(["--task", "mono", "--batch", "2", "--length", "32", "--at", "1,3"])
+  # replay (a pipeline built again) at the first position only
+  resume.main("--task mono --batch 2 --length 32 --at 1,3 --replay-up-to 1".split())
   result = _last_json(capsys)
   assert result["bench"] == "resume"
   assert result["restore_s_at_1"] > 0 and result["restore_s_at_3"] > 0
+  assert result["replay_s_at_1"] > 0 and "replay_s_at_3" not in result
   assert result["state_bytes"] == max(result["state_bytes_at_1"], result["state_bytes_at_3"]) > 0
