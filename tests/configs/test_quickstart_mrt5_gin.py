@@ -48,7 +48,7 @@ def test_quickstart_mrt5_is_the_byte_quickstart_plus_the_gate():
   got = state_lib.DeletionConfig(
     *(kw[f"deletion_{k}"] for k in ("target", "k_p", "k_i", "alpha0", "delay"))
   )
-  assert got == state_lib.DeletionConfig(target=0.4, k_p=0.5, k_i=1e-5, alpha0=0.0, delay=0)
+  assert got == state_lib.DeletionConfig(target=0.4, k_p=0.5, k_i=1e-5, alpha0=0.0, delay=675)
   assert kw["deletion_bucket"] == 64
   # the train state it would train: the gated params and the controller (shapes only)
   placement = partitioning.Placement(partitioning.make_mesh(), "data_parallel")
