@@ -81,23 +81,6 @@ def prompt_batch(batch: Mapping[str, np.ndarray], width: int) -> dict[str, np.nd
   return {"decoder_prompt_tokens": prompt_BP}
 
 
-def decoding_module(
-  module: Transformer, params, batch: Mapping, bucket: int = DecodeConfig.deletion_bucket
-) -> Transformer:
-  """The module to decode or score `batch` (arrays on the mesh) with: `module` itself, or for
-  an MrT5 model the one that deletes this batch's tokens hard (`mrt5.hard_deletion_module`).
-  Its `encode` recomputes the layers before the gate; `decoding_inputs` does not."""
-  if module.config.delete_gate_layer is None:
-    return module
-  return mrt5.hard_deletion_module(
-    module,
-    params,
-    batch["encoder_input_tokens"],
-    batch.get("encoder_segment_ids"),
-    bucket=bucket,
-  )
-
-
 def decoding_inputs(
   module: Transformer, params, batch: Mapping, bucket: int = DecodeConfig.deletion_bucket
 ) -> tuple[Transformer, Any]:

@@ -221,7 +221,7 @@ def test_predict_and_score_delete_hard_and_match_soft_deletion():
   enc = batch["encoder_input_tokens"]
   params = nn.unbox(module.init(jax.random.key(2), enc, batch["decoder_input_tokens"])["params"])
   params = _saturated(params)
-  hard = predict_lib.decoding_module(module, params, batch, bucket=2)
+  hard, _ = predict_lib.decoding_inputs(module, params, batch, bucket=2)
   assert hard.deletion == "hard" and hard.kept_length < enc.shape[1]  # really shorter
   predict = predict_lib.make_predict_fn(
     module, params, placement, max_decode_length=6, decode=predict_lib.DecodeConfig()
@@ -244,18 +244,20 @@ def test_predict_and_score_delete_hard_and_match_soft_deletion():
 
 def test_without_a_gate_decoding_uses_the_module_itself():
   module = Transformer(CFG.replace(delete_gate_layer=None, use_softmax1=False))
-  assert predict_lib.decoding_module(module, None, _batch()) is module
+  used, encoded = predict_lib.decoding_inputs(module, None, _batch())
+  assert used is module and encoded is None
 
 
 def test_decoding_inputs_hand_the_hard_deletion_memory_on():
   """predict and score encode once: `decoding_inputs` gives the hard-deletion module (the same
-  S' as `decoding_module`) and its memory on S' slots, equal to that module's own encode."""
+  S' as `mrt5.hard_deletion_module`) and its memory on S' slots, equal to that module's own
+  encode."""
   _, module, *_, batch = _setup()
   enc = batch["encoder_input_tokens"]
   params = nn.unbox(module.init(jax.random.key(2), enc, batch["decoder_input_tokens"])["params"])
   params = _saturated(params)
   m, memory = predict_lib.decoding_inputs(module, params, batch, bucket=2)
-  assert m.kept_length == predict_lib.decoding_module(module, params, batch, bucket=2).kept_length
+  assert m.kept_length == mrt5.hard_deletion_module(module, params, enc, bucket=2).kept_length
   assert memory.encoded_BSD.shape == (enc.shape[0], m.kept_length, CFG.d_model)
   want = jax.jit(lambda p: m.apply({"params": p}, enc, method="encode"))(params)
   err = jnp.max(jnp.abs(memory.encoded_BSD - want.encoded_BSD))
