@@ -88,16 +88,6 @@ class T5Config:
     E, L = self.num_encoder_layers, self.delete_gate_layer
     if self.architecture != "encoder_decoder":
       raise ValueError("delete_gate_layer needs architecture='encoder_decoder'; unset it")
-    if self.scan_layers:
-      raise ValueError(
-        "delete_gate_layer with scan_layers=True is not supported; set scan_layers=False"
-      )
-    if self.relative_attention_per_layer:
-      # hard deletion gathers the stack's one position bias at the kept tokens
-      raise ValueError(
-        "delete_gate_layer with relative_attention_per_layer=True (umT5) is not supported; "
-        "gate a T5/mT5/ByT5 config"
-      )
     if not 0 <= L < E:
       raise ValueError(
         f"delete_gate_layer={L}; expected 0 <= delete_gate_layer < {E} (encoder layers)"

@@ -393,8 +393,10 @@ class RelativePositionBias(nn.Module):
   bidirectional: bool
 
   @nn.compact
-  def __call__(self, query_length: int, key_length: int, query_offset=0):
-    """Bias [1, H, T, S] for queries at positions query_offset + [0, T) and keys at [0, S)."""
+  def __call__(self, query_length=None, key_length=None, query_offset=0, positions_BS=None):
+    """Bias [1, H, T, S] for queries at positions query_offset + [0, T) and keys at [0, S);
+    or, given `positions_BS` (self-attention among tokens at these original positions, as MrT5's
+    hard deletion keeps them), [B, H, S, S] and the lengths are unused."""
     rel_embedding = _param(
       self,
       "rel_embedding",
@@ -402,6 +404,12 @@ class RelativePositionBias(nn.Module):
       (self.num_heads, self.num_buckets),
       ("heads", "relpos_buckets"),
     )
+    if positions_BS is not None:
+      distances_BSS = positions_BS[:, None, :] - positions_BS[:, :, None]  # key - query
+      buckets_BSS = relative_position_bucket(
+        distances_BSS, self.bidirectional, self.num_buckets, self.max_distance
+      )
+      return jnp.moveaxis(jnp.take(rel_embedding, buckets_BSS, axis=1), 0, 1)
     T, S = query_length, key_length
     # the bias depends only on key - query, so gather one value per distance: -(T-1)..S-1
     distances_J = jnp.arange(T + S - 1) - (T - 1) - query_offset

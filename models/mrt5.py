@@ -152,11 +152,6 @@ def gather_slots(a_BSX, idx_BS):
   return jnp.take_along_axis(a_BSX, idx, axis=1)
 
 
-def gather_position_bias(bias_1HSS, idx_BS):
-  """[B, H, S', S'] relative position bias of the kept tokens at their original positions."""
-  return jax.vmap(lambda i: bias_1HSS[0][:, i][:, :, i])(idx_BS)
-
-
 def kept_length_for(num_kept: int, length: int, bucket: int) -> int:
   """S' for a batch whose largest kept count is `num_kept`: rounded up to a multiple of
   `bucket` (at most `length`, at least one bucket), so at most ceil(S / bucket) shapes compile."""

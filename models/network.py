@@ -2,9 +2,10 @@
 
 Module names follow T5X (`token_embedder`, `encoder/layers_0/attention/query`, ...), so
 checkpoint import is a renaming. With `scan_layers` the layers are one stacked module `layers`
-whose params gain a leading 'layers' axis. The relative position bias is one `relpos_bias` per
-stack, or with `relative_attention_per_layer` (umT5) one per layer, inside each layer (stacked
-with the other layer params under scan).
+whose params gain a leading 'layers' axis; an MrT5 encoder has two, `layers` before its delete
+gate and `layers_after_gate` (hard deletion shortens the sequence between them). The relative
+position bias is one `relpos_bias` per stack, or with `relative_attention_per_layer` (umT5) one
+per layer, inside each layer (stacked with the other layer params under scan).
 
 Inputs use seqio's feature-converter names. Padding is token id 0; packed rows carry
 `*_segment_ids` (0 = padding). Attention masks only keys (as HF does), so every output row,
@@ -54,14 +55,17 @@ class EncoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BTD, bias_BHTS):
-    """`bias_BHTS`: the (mask, position bias) pair, or (mask,) when each layer has its own."""
+  def __call__(self, x_BTD, bias_BHTS, positions_BT=None):
+    """`bias_BHTS`: the (mask, position bias) pair, or (mask,) when each layer has its own.
+    `positions_BT`: each slot's original position (after MrT5's hard deletion), for a layer's
+    own position bias; None: slot t is position t."""
     cfg = self.config
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
     drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     if cfg.relative_attention_per_layer:
       T = x_BTD.shape[1]
-      bias_BHTS = (*bias_BHTS, _relpos_bias(cfg, bidirectional=True)(T, T))
+      position_bias = _relpos_bias(cfg, bidirectional=True)(T, T, positions_BS=positions_BT)
+      bias_BHTS = (*bias_BHTS, position_bias)
     h = norm("pre_attention_layer_norm")(x_BTD)
     h = layers.MultiHeadAttention(cfg, self.deterministic, name="attention")(h, h, bias_BHTS)
     x_BTD = x_BTD + drop(h, deterministic=self.deterministic)
@@ -105,9 +109,20 @@ class DecoderLayer(nn.Module):
     return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), None
 
 
-def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x, args, first: int = 0, **layer_attrs):
-  """Applies `num_layers` copies of `layer_cls`, scanned or unrolled, with optional remat.
-  Unrolled layers are named `layers_{first}`, `layers_{first + 1}`, ..."""
+def _run_layers(
+  cfg: T5Config,
+  layer_cls,
+  num_layers: int,
+  x,
+  args,
+  first: int = 0,
+  stack_name: str = "layers",
+  **layer_attrs,
+):
+  """Applies `num_layers` copies of `layer_cls`, scanned (one module `stack_name`) or unrolled
+  (`layers_{first}`, `layers_{first + 1}`, ...), with optional remat."""
+  if num_layers == 0:
+    return x
   if cfg.remat_policy != "none":
     layer_cls = nn.remat(
       layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
@@ -122,7 +137,7 @@ def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x, args, first: int =
       in_axes=(nn.broadcast,) * len(args),
       length=num_layers,
       metadata_params={nn.PARTITION_NAME: "layers"},
-    )(cfg, name="layers", **layer_attrs)
+    )(cfg, name=stack_name, **layer_attrs)
     x, _ = stack(x, *args)
     return x
   for i in range(first, first + num_layers):
@@ -151,10 +166,10 @@ class Encoder(nn.Module):
     this batch; the encoder then starts from it (`tokens_BS` and `segment_ids_BS` unused) and
     runs only the layers from `delete_gate_layer` on."""
     cfg = self.config
+    # the stack's position bias (None: each layer has its own)
+    relpos = None if cfg.relative_attention_per_layer else _relpos_bias(cfg, bidirectional=True)
     if gate_pass is not None:
-      S = gate_pass.hidden_BSD.shape[1]
-      position_1HSS = _relpos_bias(cfg, bidirectional=True)(S, S)
-      return _after_gate(cfg, gate_pass, position_1HSS, deterministic, deletion, kept_length)
+      return _after_gate(cfg, gate_pass, relpos, deterministic, deletion, kept_length)
     S = tokens_BS.shape[1]
     key_ok = (tokens_BS > 0)[:, None, None, :]
     if segment_ids_BS is not None:
@@ -162,13 +177,12 @@ class Encoder(nn.Module):
     # (mask, position bias): summed inside the attention, so each keeps its own gradient shape;
     # per-layer position biases are added by the layers.
     bias_BHSS = (mask_to_bias(key_ok),)
-    if not cfg.relative_attention_per_layer:
-      bias_BHSS += (_relpos_bias(cfg, bidirectional=True)(S, S),)
+    if relpos is not None:
+      bias_BHSS += (relpos(S, S),)
     x = self.token_embedder(tokens_BS)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     if cfg.delete_gate_layer is not None:
-      # a gated config has one stack-wide position bias (no per-layer biases: T5Config checks)
       x = _run_layers(
         cfg, EncoderLayer, cfg.delete_gate_layer, x, (bias_BHSS,), deterministic=deterministic
       )
@@ -177,9 +191,7 @@ class Encoder(nn.Module):
       gate_pass = mrt5.GatePass(x, gate_BS, real_BS, segment_ids_BS)
       if gate_only:
         return gate_pass
-      return _after_gate(
-        cfg, gate_pass, bias_BHSS[1], deterministic, deletion, kept_length, bias_BHSS[0]
-      )
+      return _after_gate(cfg, gate_pass, relpos, deterministic, deletion, kept_length, bias_BHSS)
     x = _run_layers(
       cfg, EncoderLayer, cfg.num_encoder_layers, x, (bias_BHSS,), deterministic=deterministic
     )
@@ -191,47 +203,51 @@ def _encoder_out(cfg: T5Config, x, deterministic):
   return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
 
 
-def _after_gate(
-  cfg, gate_pass, position_1HSS, deterministic, deletion, kept_length, mask_BHSS=None
-):
-  """The encoder's layers from `delete_gate_layer` on, after an MrT5 gate pass (called inside
-  `Encoder.__call__`, whether the gate pass ran in the same call or an earlier one).
+def _after_gate(cfg, gate_pass, relpos, deterministic, deletion, kept_length, bias_BHSS=None):
+  """The encoder's layers from `delete_gate_layer` on (the scanned stack `layers_after_gate`),
+  after an MrT5 gate pass (called inside `Encoder.__call__`, whether the gate pass ran in the same
+  call or an earlier one).
 
   Soft deletion: the later layers add G along their keys. Hard deletion: tokens with G <=
   threshold leave; the kept ones are compacted into `kept_length` slots (static; default S,
-  exact but no faster), each with its original position's relative bias and segment id, and the
-  later layers and the decoder's cross-attention run on S' = `kept_length` slots. Kept tokens
-  still add their G, as in training, so a saturated gate gives the soft model's outputs.
-  `mask_BHSS`: the full-length key mask bias when the caller has it (soft deletion reuses it).
+  exact but no faster), each with its original position (for the stack's `relpos`, or each
+  layer's own position bias) and segment id, and the later layers and the decoder's
+  cross-attention run on S' = `kept_length` slots. Kept tokens still add their G, as in
+  training, so a saturated gate gives the soft model's outputs. `bias_BHSS`: the full-length
+  (mask, position bias) when the caller has it (soft deletion reuses it).
   """
   if deletion not in ("soft", "hard"):
     raise ValueError(f"deletion={deletion!r}; expected 'soft' or 'hard'")
   x, gate_BS, real_BS = gate_pass.hidden_BSD, gate_pass.gate_BS, gate_pass.real_BS
-  key_ok_BS, seg_BS = real_BS, gate_pass.segment_ids_BS
-  S = x.shape[1]
+  key_ok_BS, seg_BS, positions_BS = real_BS, gate_pass.segment_ids_BS, None
   if deletion == "hard":
     keep_BS = (gate_BS > cfg.gate_threshold) & real_BS
-    idx_BS, key_ok_BS = mrt5.compaction(keep_BS, S if kept_length is None else kept_length)
-    x, gate_BS = mrt5.gather_slots(x, idx_BS), mrt5.gather_slots(gate_BS, idx_BS)
+    S = x.shape[1] if kept_length is None else kept_length
+    positions_BS, key_ok_BS = mrt5.compaction(keep_BS, S)
+    x, gate_BS = mrt5.gather_slots(x, positions_BS), mrt5.gather_slots(gate_BS, positions_BS)
     if seg_BS is not None:
-      seg_BS = jnp.where(key_ok_BS, mrt5.gather_slots(seg_BS, idx_BS), 0)
-    position_BHSS = mrt5.gather_position_bias(position_1HSS, idx_BS)
-    mask_BHSS = None
-  else:
-    position_BHSS = position_1HSS
-  if mask_BHSS is None:
+      seg_BS = jnp.where(key_ok_BS, mrt5.gather_slots(seg_BS, positions_BS), 0)
+    bias_BHSS = None
+  if bias_BHSS is None:
     key_ok = key_ok_BS[:, None, None, :]
     if seg_BS is not None:
       key_ok = key_ok & (seg_BS[:, None, :, None] == seg_BS[:, None, None, :])
-    mask_BHSS = mask_to_bias(key_ok)
+    bias_BHSS = (mask_to_bias(key_ok),)
+    if relpos is not None:
+      S = x.shape[1]
+      bias_BHSS += (relpos(S, S, positions_BS=positions_BS),)
+  args = ((*bias_BHSS, mrt5.key_bias(gate_BS)),)
+  if positions_BS is not None and relpos is None:  # each layer's own position bias
+    args += (positions_BS,)
   L = cfg.delete_gate_layer
   x = _run_layers(
     cfg,
     EncoderLayer,
     cfg.num_encoder_layers - L,
     x,
-    ((mask_BHSS, position_BHSS, mrt5.key_bias(gate_BS)),),
+    args,
     first=L,
+    stack_name="layers_after_gate",
     deterministic=deterministic,
   )
   return mrt5.EncodedMemory(_encoder_out(cfg, x, deterministic), key_ok_BS, gate_BS, seg_BS)

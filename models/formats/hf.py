@@ -81,7 +81,7 @@ def is_hf_dir(path: str) -> bool:
 
 def _to_layout(flat_unrolled: Mapping[tuple[str, ...], np.ndarray], cfg: T5Config) -> Params:
   tree = unflatten(flat_unrolled)
-  return stack_layers(tree) if cfg.scan_layers else tree
+  return stack_layers(tree, cfg.delete_gate_layer) if cfg.scan_layers else tree
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,6 +194,11 @@ def hf_config_dict(cfg: T5Config) -> dict:
     raise ValueError(f"mlp_activations={acts} has no HF feed_forward_proj equivalent")
   tied = bool(cfg.logits_via_embedding)
   umt5 = cfg.relative_attention_per_layer
+  if umt5 and cfg.delete_gate_layer is not None:
+    raise ValueError(
+      "a gated umT5 (delete_gate_layer with relative_attention_per_layer) has no HF layout: "
+      "the MrT5 authors' model is T5's; keep it as an xt5 checkpoint"
+    )
   out = {
     "architectures": ["UMT5ForConditionalGeneration" if umt5 else "T5ForConditionalGeneration"],
     "model_type": "umt5" if umt5 else "t5",

@@ -2,7 +2,8 @@
 
 xt5 params are the plain (unboxed) pytree that `network.Transformer(cfg).init(...)['params']`
 holds: nested dicts of float32 arrays, with `layers_{i}` subtrees, or one `layers` subtree whose
-leaves carry a leading layer axis when `cfg.scan_layers`. `param_shapes(cfg)` is that tree as
+leaves carry a leading layer axis when `cfg.scan_layers` (an MrT5 encoder: `layers` before the
+delete gate, `layers_after_gate` from it on). `param_shapes(cfg)` is that tree as
 `jax.ShapeDtypeStruct`s (the target of every reader), `abstract_target(cfg, shardings)` the same
 with float32 and shardings attached (what orbax restores onto), and `check_params` /
 `check_tree` raise `CheckpointMismatchError` naming every missing, unexpected or wrongly shaped
@@ -29,6 +30,8 @@ from models.config import T5Config
 Params = dict  # nested dict of arrays
 
 LAYER_RE = re.compile(r"^layers_(\d+)$")
+# scanned stacks, in layer order: MrT5's encoder continues `layers` in `layers_after_gate`
+SCANNED_STACKS = ("layers", "layers_after_gate")
 
 
 class CheckpointMismatchError(ValueError):
@@ -120,42 +123,53 @@ def path_str(path) -> str:
 
 
 def unstack_layers(params: Params) -> Params:
-  """Scanned layout (`layers` with a leading layer axis) -> unrolled (`layers_{i}`). Views."""
-  out = {}
-  for k, v in params.items():
-    if k == "layers" and isinstance(v, Mapping):
-      flat = flatten(v)
+  """Scanned layout (`layers`, then `layers_after_gate`, with a leading layer axis) -> unrolled
+  (`layers_{i}`, numbered on across the two). Views."""
+  out, first = {}, 0
+  for name in SCANNED_STACKS:
+    if isinstance(params.get(name), Mapping):
+      flat = flatten(params[name])
       n = {np.shape(x)[0] for x in flat.values()}
       if len(n) != 1:
-        raise CheckpointMismatchError(f"scanned 'layers' leaves disagree on the layer count: {n}")
-      for i in range(n.pop()):
-        out[f"layers_{i}"] = unflatten({p: x[i] for p, x in flat.items()})
-    elif isinstance(v, Mapping):
-      out[k] = unstack_layers(v)
-    else:
-      out[k] = v
+        raise CheckpointMismatchError(f"scanned {name!r} leaves disagree on the layer count: {n}")
+      n = n.pop()
+      for i in range(n):
+        out[f"layers_{first + i}"] = unflatten({p: x[i] for p, x in flat.items()})
+      first += n
+  for k, v in params.items():
+    if k in SCANNED_STACKS and isinstance(v, Mapping):
+      continue
+    out[k] = unstack_layers(v) if isinstance(v, Mapping) else v
   return out
 
 
-def stack_layers(params: Params) -> Params:
-  """Unrolled layout (`layers_{i}`) -> scanned (`layers`, leading layer axis), as numpy."""
+def stack_layers(params: Params, gate_layer: int | None = None) -> Params:
+  """Unrolled layout (`layers_{i}`) -> scanned (`layers`, leading layer axis), as numpy. With
+  `gate_layer` (MrT5's `delete_gate_layer`), the stack holding `delete_gate` is split there:
+  layers before it in `layers`, the rest in `layers_after_gate`."""
   out = {}
   layer_ids = sorted(int(m.group(1)) for k in params if (m := LAYER_RE.match(k)))
   if layer_ids:
     if layer_ids != list(range(len(layer_ids))):
       raise CheckpointMismatchError(f"layers are not numbered 0..n-1: {layer_ids}")
-    flats = [flatten(params[f"layers_{i}"]) for i in layer_ids]
-    out["layers"] = unflatten({p: np.stack([np.asarray(f[p]) for f in flats]) for p in flats[0]})
+    split = gate_layer if gate_layer is not None and "delete_gate" in params else len(layer_ids)
+    for name, ids in zip(SCANNED_STACKS, (layer_ids[:split], layer_ids[split:])):
+      if ids:
+        flats = [flatten(params[f"layers_{i}"]) for i in ids]
+        out[name] = unflatten({p: np.stack([np.asarray(f[p]) for f in flats]) for p in flats[0]})
   for k, v in params.items():
     if LAYER_RE.match(k):
       continue
-    out[k] = stack_layers(v) if isinstance(v, Mapping) else v
+    out[k] = stack_layers(v, gate_layer) if isinstance(v, Mapping) else v
   return out
 
 
 def is_scanned(params: Params) -> bool:
   """Whether a params tree has the scanned (`layers`) layout."""
-  return any(isinstance(sub, Mapping) and "layers" in sub for sub in params.values())
+  return any(
+    isinstance(sub, Mapping) and any(name in sub for name in SCANNED_STACKS)
+    for sub in params.values()
+  )
 
 
 # ----------------------------------------------------------------------------------------------

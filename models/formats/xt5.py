@@ -147,7 +147,7 @@ def load_params(directory: str, cfg: T5Config, shardings: Any = None):
   except Exception as e:
     raise ValueError(f"cannot read xt5 checkpoint {path}: {e}") from e
   host = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), host)
-  host = stack_layers(host) if cfg.scan_layers else unstack_layers(host)
+  host = stack_layers(host, cfg.delete_gate_layer) if cfg.scan_layers else unstack_layers(host)
   return jax.tree_util.tree_map(jax.device_put, host, shardings)
 
 

@@ -32,6 +32,12 @@ TINY = T5Config(
   kernels="cpu",
 )
 GATED = TINY.replace(delete_gate_layer=1, use_softmax1=True)
+# the gate on the other layer layouts: scanned stacks, umT5's position bias in every layer
+VARIANTS = {
+  "scanned": dict(scan_layers=True),
+  "umt5": dict(relative_attention_per_layer=True),
+  "umt5-scanned": dict(relative_attention_per_layer=True, scan_layers=True),
+}
 
 
 def _rel(a, b):
@@ -73,7 +79,6 @@ def _saturate(params, seed=1, scale=1e4, bias=0.0):
     (dict(delete_gate_layer=1, sigmoid_mask_scale=1.0), "sigmoid_mask_scale"),
     (dict(delete_gate_layer=1, deletion_threshold=-31.0), "deletion_threshold"),
     (dict(delete_gate_layer=1, deletion_threshold=0.0), "deletion_threshold"),
-    (dict(delete_gate_layer=1, scan_layers=True), "scan_layers"),
     (dict(delete_gate_layer=1, architecture="decoder_only", num_encoder_layers=0), "encoder"),
   ],
 )
@@ -256,9 +261,15 @@ def test_compaction_keeps_order_and_marks_empty_slots():
   assert mrt5.kept_length_for(12, 12, 5) == 12
 
 
-@pytest.mark.parametrize("kernels", ["cpu", "reference"])
-def test_hard_equals_soft_for_a_saturated_gate(kernels):
-  cfg = GATED.replace(kernels=kernels)
+@pytest.mark.parametrize(
+  "kernels, variant",
+  [("cpu", None), ("reference", None), *(("cpu", v) for v in VARIANTS)],
+)
+def test_hard_equals_soft_for_a_saturated_gate(kernels, variant):
+  """Also scanned (hard deletion shortens the sequence between the two scanned stacks) and with
+  umT5's per-layer position biases (each later layer reads its bias at the kept tokens' original
+  positions)."""
+  cfg = GATED.replace(kernels=kernels, **VARIANTS.get(variant, {}))
   enc, dec = _batch(np.random.default_rng(8), S=16)
   params, soft, hard = _soft_and_hard(cfg, enc, dec)
   g = np.asarray(soft.apply({"params": params}, enc, method="delete_gate"))
@@ -282,8 +293,9 @@ def test_hard_equals_soft_for_a_saturated_gate(kernels):
   assert _rel(b, a) < 1e-5
 
 
-def test_hard_equals_soft_with_packing():
-  cfg = GATED
+@pytest.mark.parametrize("variant", [None, "umt5-scanned"])
+def test_hard_equals_soft_with_packing(variant):
+  cfg = GATED.replace(**VARIANTS.get(variant, {}))
   rng = np.random.default_rng(9)
   enc, dec = _batch(rng, B=2, S=16, T=8)
   enc_seg = np.array([[1] * 7 + [2] * 6 + [0] * 3, [1] * 10 + [2] * 6])
@@ -306,10 +318,12 @@ def test_hard_equals_soft_with_packing():
   assert _rel(b, a) < 1e-5
 
 
-def test_hard_deletion_decodes_and_scores_like_soft():
+@pytest.mark.parametrize("variant", [None, "umt5-scanned"])
+def test_hard_deletion_decodes_and_scores_like_soft(variant):
   enc, _ = _batch(np.random.default_rng(10), S=16)
   dec = jnp.zeros((3, 1), jnp.int32)
-  params, soft, hard = _soft_and_hard(GATED, enc, dec)
+  cfg = GATED.replace(**VARIANTS.get(variant, {}))
+  params, soft, hard = _soft_and_hard(cfg, enc, dec, bias=-3000.0)
   # a confident output layer so beams are well separated
   params["decoder"]["logits_dense"] = params["decoder"]["logits_dense"] * 4.0
   assert hard.kept_length < 16
@@ -404,18 +418,66 @@ def test_hard_encode_runs_the_early_layers_once_and_equals_the_recompute():
   np.testing.assert_array_equal(np.asarray(m_late.encoded_BSD), np.asarray(h.memory.encoded_BSD))
 
 
-def test_hard_encode_equals_the_recompute_with_packing():
+@pytest.mark.parametrize("variant", [None, *VARIANTS])
+def test_hard_encode_equals_the_recompute_with_packing(variant):
+  cfg = GATED.replace(**VARIANTS.get(variant, {}))
   rng = np.random.default_rng(15)
   enc, _ = _batch(rng, B=2, S=16, T=8)
   enc_seg = jnp.asarray([[1] * 7 + [2] * 6 + [0] * 3, [1] * 10 + [2] * 6])
   enc = jnp.where(enc_seg > 0, enc, 0)
-  params = _saturate(_params(GATED, enc, jnp.zeros((2, 1), jnp.int32)))
-  soft = Transformer(GATED)
+  params = _saturate(_params(cfg, enc, jnp.zeros((2, 1), jnp.int32)))
+  soft = Transformer(cfg)
   h = mrt5.hard_encode(soft, params, enc, enc_seg, bucket=4)
   old = mrt5.hard_deletion_module(soft, params, enc, enc_seg, bucket=4)
   assert h.module.kept_length == old.kept_length < 16
   assert h.memory.segment_ids_BS is not None
   _assert_same_memory(h.memory, _jit_encode(old, params, enc, enc_seg))
+
+
+@pytest.mark.parametrize("gate_layer, umt5", [(0, False), (2, True)], ids=["at-0", "umt5-at-2"])
+def test_scanned_gated_model_equals_the_unrolled_one(gate_layer, umt5):
+  """The scanned layout (`layers` before the gate, `layers_after_gate` from it on) holds the
+  unrolled params stacked (`formats.tree.stack_layers`); logits soft and hard, and gradients,
+  are the unrolled model's."""
+  from models.formats import tree
+
+  cfg = GATED.replace(
+    num_encoder_layers=4, delete_gate_layer=gate_layer, relative_attention_per_layer=umt5
+  )
+  scanned_cfg = cfg.replace(scan_layers=True)
+  enc, dec = _batch(np.random.default_rng(19), S=16)
+  raw = _params(cfg, enc, dec)
+  # a saturated gate deleting half the real tokens: the bias at the median of its logits
+  g = Transformer(cfg).apply({"params": _saturate(raw, scale=1.0)}, enc, method="delete_gate")
+  z = -jax.scipy.special.logit(g / K)[enc > 0]
+  params = _saturate(raw, bias=-1e4 * float(jnp.median(z)))
+  stacked = tree.stack_layers(params, gate_layer)
+  shapes = lambda t: jax.tree.map(jnp.shape, t)
+  assert shapes(stacked) == shapes(_params(scanned_cfg, enc, dec))
+  for deletion in ("soft", "hard"):
+    outs = []
+    for c, p in ((cfg, params), (scanned_cfg, stacked)):
+      m = Transformer(c)
+      if deletion == "hard":
+        m = mrt5.hard_deletion_module(m, p, enc, bucket=4)
+        assert m.kept_length < 16
+      outs.append(jax.jit(lambda p, m=m: m.apply({"params": p}, enc, dec))(p))
+    assert _rel(outs[1], outs[0]) < 1e-5, deletion
+
+  def grads(c, p):
+    def loss(p):
+      logits, inter = Transformer(c).apply({"params": p}, enc, dec, mutable="intermediates")
+      g = mrt5.gate_values(inter["intermediates"])
+      return jnp.mean(logits**2) + mrt5.gate_regularizer(g, enc > 0, 0.1)
+
+    return jax.jit(jax.grad(loss))(p)
+
+  # an unsaturated gate, so gradients reach it
+  g_unrolled = tree.stack_layers(jax.tree.map(np.asarray, grads(cfg, raw)), gate_layer)
+  g_scanned = grads(scanned_cfg, tree.stack_layers(raw, gate_layer))
+  assert float(jnp.max(jnp.abs(g_scanned["encoder"]["delete_gate"]["feed_forward"]["kernel"]))) > 0
+  for a, b in zip(jax.tree.leaves(g_scanned), jax.tree.leaves(g_unrolled), strict=True):
+    assert _rel(a, b) < 1e-4
 
 
 def test_hard_deletion_without_a_gate_is_an_error():
@@ -562,6 +624,8 @@ def test_hf_config_of_mrt5():
   # the authors' T5 baseline: a plain T5 with softmax_1
   plain = hf.hf_config_dict(TINY.replace(use_softmax1=True))
   assert plain["model_type"] == "t5" and hf.config_from_hf(plain).use_softmax1
+  with pytest.raises(ValueError, match="gated umT5 .* keep it as an xt5 checkpoint"):
+    hf.hf_config_dict(GATED.replace(relative_attention_per_layer=True))
 
 
 def test_add_delete_gate_to_gateless_params():
@@ -590,8 +654,9 @@ def test_gate_params_shard_by_their_logical_axes():
   assert specs["feed_forward"]["bias"] == P(None)
 
 
-def test_bf16_and_remat_with_a_gate():
-  cfg = GATED.replace(dtype="bfloat16", remat_policy="full")
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_bf16_and_remat_with_a_gate(scan_layers):
+  cfg = GATED.replace(dtype="bfloat16", remat_policy="full", scan_layers=scan_layers)
   enc, dec = _batch(np.random.default_rng(18))
   params = _params(cfg, enc, dec)
   model = Transformer(cfg)

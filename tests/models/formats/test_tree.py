@@ -14,6 +14,7 @@ from tests.models.formats.conftest import (
   DECODER_ONLY,
   GATED,
   RELU_TIED,
+  UMT5,
   assert_trees_equal,
   random_params,
 )
@@ -57,6 +58,29 @@ def test_flatten_unflatten_and_layer_layouts():
     tree.stack_layers({"layers_0": {"w": np.ones(2)}, "layers_2": {"w": np.ones(2)}})
   with pytest.raises(tree.CheckpointMismatchError, match="disagree on the layer count"):
     tree.unstack_layers({"layers": {"a": np.ones((2, 3)), "b": np.ones((3, 3))}})
+
+
+@pytest.mark.parametrize("gate_layer", [0, 1, 2])
+@pytest.mark.parametrize("base", [GATED, UMT5], ids=["t5", "umt5"])
+def test_an_mrt5_encoder_stacks_in_two_scans_around_its_gate(base, gate_layer):
+  """A gated encoder's scanned layout is `layers` (before the gate) + `layers_after_gate`,
+  exactly what the scanned model initialises; the decoder stays one `layers`."""
+  cfg = base.replace(delete_gate_layer=gate_layer)
+  params = random_params(cfg)
+  scanned = tree.stack_layers(params, gate_layer)
+  tree.check_params(scanned, cfg.replace(scan_layers=True))
+  enc = scanned["encoder"]
+  assert ("layers" in enc) == (gate_layer > 0)
+  assert enc["layers_after_gate"]["mlp"]["wo"].shape == (3 - gate_layer, 40, 24)
+  assert scanned["decoder"]["layers"]["mlp"]["wo"].shape == (2, 40, 24)
+  np.testing.assert_array_equal(
+    enc["layers_after_gate"]["mlp"]["wo"][0], params["encoder"][f"layers_{gate_layer}"]["mlp"]["wo"]
+  )
+  assert tree.is_scanned(scanned)
+  assert_trees_equal(tree.unstack_layers(scanned), params)
+  # a gateless tree ignores gate_layer
+  plain = random_params(base)
+  assert_trees_equal(tree.stack_layers(plain, gate_layer), tree.stack_layers(plain))
 
 
 @pytest.mark.parametrize("kind", ["id", "T", "qkv", "out", "hf_qkv", "hf_out"])

@@ -57,6 +57,16 @@ def test_save_load_params_layouts_and_shardings(tmp_path):
   assert_trees_equal(got, params)
 
 
+def test_an_mrt5_checkpoint_loads_in_either_layer_layout(tmp_path):
+  cfg = GATED.replace(delete_gate_layer=1)
+  params = random_params(cfg)
+  xt5.save_params(params, str(tmp_path / "unrolled"))
+  scanned = xt5.load_params(str(tmp_path / "unrolled"), cfg.replace(scan_layers=True))
+  assert_trees_equal(scanned, tree.stack_layers(params, 1))
+  xt5.save_params(scanned, str(tmp_path / "scanned"))
+  assert_trees_equal(xt5.load_params(str(tmp_path / "scanned"), cfg), params)
+
+
 def test_load_params_errors(tmp_path):
   xt5.save_checkpoint(str(tmp_path / "ck"), GATED, random_params(GATED))
   with pytest.raises(tree.CheckpointMismatchError) as e:
