@@ -17,7 +17,9 @@ host and rounded up to `--bucket`, then a jitted call running the later encoder 
 compacted length S' from the gate pass's hidden states) and `decoding.decode` on its memory; the
 fraction the gate really deleted and S' are printed beside each row. Rows "early layers twice"
 time the former path, `mrt5.hard_deletion_module` then `decoding.decode` with its module, whose
-encode runs the layers before the gate a second time.
+encode runs the layers before the gate a second time. Rows with 0 decode bytes time the encoder
+alone (the no-gate model's jitted `encode` against `hard_encode`): the part hard deletion
+shortens, without the decoder steps every row pays alike.
 
 The train step (forward, backward and Adafactor; the gated loss adds the gate regularizer read
 from `intermediates/delete_gate`) compares the plain model with the gated one in soft deletion,
@@ -142,6 +144,11 @@ def decode_call(prepare, params, enc_BS, length, eos_id):
     jax.block_until_ready(tokens)
 
   return run
+
+
+def encode_call(encode):
+  """A blocking call of `encode()` (an encoder memory, or a `HardEncoding`)."""
+  return lambda: jax.block_until_ready(encode())
 
 
 def train_call(module, params, batch, gated):
@@ -274,6 +281,21 @@ def main(argv=None):
       for run, key in ((name, ""), (f"{name} early layers twice", "_twice")):
         rows.append([L, run, deleted, kept, hard.kept_length, times[run], t0 / times[run]])
         result[f"speedup_at_{_fmt_delta(d)}{key}_decode{L}"] = t0 / times[run]
+  # the encoder alone
+  plain_encode = jax.jit(lambda p, e: plain.apply({"params": p}, e, method="encode"))
+  fns = {"no gate": encode_call(lambda: plain_encode(plain_params, enc_BS))}
+  for d, (p, *_) in gates.items():
+    fns[f"δ={_fmt_delta(d)}"] = encode_call(
+      lambda p=p: mrt5.hard_encode(gated, p, enc_BS, bucket=args.bucket).memory
+    )
+  times = time_interleaved(fns, rounds=args.iters)
+  t0 = times["no gate"]
+  rows.append([0, "no gate", 0.0, "", S, t0, 1.0])
+  result["no_gate_s_encode"] = t0
+  for d, (_, deleted, kept, hard) in gates.items():
+    name = f"δ={_fmt_delta(d)}"
+    rows.append([0, name, deleted, kept, hard.kept_length, times[name], t0 / times[name]])
+    result[f"encoder_speedup_at_{_fmt_delta(d)}"] = t0 / times[name]
   first = args.decode_lengths[0]
   for d, (_, deleted, kept, hard) in gates.items():
     key = _fmt_delta(d)
@@ -285,7 +307,8 @@ def main(argv=None):
   print(
     f"byt5-{args.size} encode + greedy decode, batch {B}, {S} input bytes, {args.dtype} "
     f"activations, gate at encoder layer {gate_layer}, hard deletion bucket {args.bucket}, "
-    f"median of {args.iters} interleaved rounds, {jax.devices()[0].device_kind}"
+    f"median of {args.iters} interleaved rounds, {jax.devices()[0].device_kind}; "
+    "decode bytes 0: the encoder alone"
   )
   print_table(["decode bytes", "run", "deleted", "max kept/row", "S'", "s", "speedup"], rows)
 

@@ -55,6 +55,7 @@ def test_mrt5_bench_runs_and_reports_speedups(capsys):
   assert result["bench"] == "mrt5"
   assert result["speedup_at_0.5"] == result["speedup_at_0.5_decode4"] > 0
   assert result["speedup_at_0.5_twice_decode4"] > 0
+  assert result["encoder_speedup_at_0.5"] > 0 and result["no_gate_s_encode"] > 0
   # calibrated on another batch of the same distribution: near, not exactly, half deleted
   assert 0.3 < result["deleted_fraction_at_0.5"] < 0.7
   assert result["kept_length_at_0.5"] == mrt5.kept_length_for(result["max_kept_at_0.5"], 64, 8)
