@@ -110,6 +110,15 @@ def _t5x_layout(src: Mapping[str, np.ndarray]) -> _Layout:
   return _Layout(scan, fused)
 
 
+def _check_no_gate(cfg: T5Config):
+  if cfg.delete_gate_layer is not None:
+    raise ValueError(
+      "T5X has no MrT5 delete gate: read a T5X ByT5 with the gateless config and add the gate "
+      "(mrt5.add_delete_gate); write a gated model with to-hf (the MrT5 authors' layout) or as "
+      "an xt5 checkpoint"
+    )
+
+
 def params_from_t5x(t5x_tree: Mapping, cfg: T5Config) -> Params:
   """xt5 params (float32 numpy, `cfg`'s layout) from a T5X params tree.
 
@@ -122,6 +131,7 @@ def params_from_t5x(t5x_tree: Mapping, cfg: T5Config) -> Params:
   `relative_attention_per_layer` config (umT5, scalable T5) reads each layer's
   `.../relpos_bias/rel_embedding`. Raises `CheckpointMismatchError` naming every mismatch.
   """
+  _check_no_gate(cfg)
   src = {path_str(p): v for p, v in flatten(_strip_t5x_wrappers(t5x_tree)).items()}
   layout = _t5x_layout(src)
   expected = flatten(param_shapes(cfg.replace(scan_layers=layout.scan is not None)))
@@ -164,6 +174,7 @@ def params_to_t5x(
   `scalable`: T5X's scalable T5 layout (3-D attention kernels; scanned, `encoder/encoder/...`)
   instead of T5X's T5 (2-D kernels; scanned, `encoder/layers/...`).
   """
+  _check_no_gate(cfg)
   check_params(params, cfg, "xt5 params")
   params = host(params)
   params = stack_layers(params) if scanned else unstack_layers(params)

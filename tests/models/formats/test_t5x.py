@@ -78,6 +78,15 @@ def test_t5x_mismatch_is_named():
   )
 
 
+def test_t5x_has_no_mrt5_gate_and_says_so():
+  gated = GATED.replace(delete_gate_layer=1)
+  t5x = params_to_t5x(random_params(GATED), GATED)
+  with pytest.raises(ValueError, match="T5X has no MrT5 delete gate.*add_delete_gate"):
+    params_from_t5x(t5x, gated)
+  with pytest.raises(ValueError, match="T5X has no MrT5 delete gate"):
+    params_to_t5x(random_params(gated), gated)
+
+
 def test_load_t5x_orbax_checkpoint(tmp_path):
   import orbax.checkpoint as ocp
 
