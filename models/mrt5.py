@@ -114,14 +114,22 @@ class GatePass:
 def add_delete_gate(params, cfg: T5Config, seed: int = 0):
   """`params` of the same model without a gate (a ByT5 checkpoint, say), plus a freshly
   initialised gate for `cfg` at `encoder/delete_gate`: the paper's continued-pretraining start.
-  Float32 NumPy-or-jax leaves in, the same tree with the gate out (other leaves untouched)."""
+  Float32 NumPy-or-jax leaves in, the same tree with the gate out (other leaves untouched; with
+  `cfg.scan_layers` the encoder's one stack splits at the gate into `layers` and
+  `layers_after_gate`, as `models.network` scans a gated encoder)."""
   if cfg.delete_gate_layer is None:
     raise ValueError("add_delete_gate needs a config with delete_gate_layer set")
   if "delete_gate" in params.get("encoder", {}):
     raise ValueError("these params already hold a delete gate (encoder/delete_gate)")
   x = jnp.zeros((1, 1, cfg.d_model), jnp.float32)
   gate = DeleteGate(cfg).init(jax.random.PRNGKey(seed), x, jnp.ones((1, 1), bool))["params"]
-  return {**params, "encoder": {**params["encoder"], "delete_gate": nn.unbox(gate)}}
+  encoder = {**params["encoder"], "delete_gate": nn.unbox(gate)}
+  if cfg.scan_layers:
+    L, stack = cfg.delete_gate_layer, encoder.pop("layers")
+    if L > 0:
+      encoder["layers"] = jax.tree.map(lambda x: x[:L], stack)
+    encoder["layers_after_gate"] = jax.tree.map(lambda x: x[L:], stack)
+  return {**params, "encoder": encoder}
 
 
 # ----------------------------------------------------------------------------------------------

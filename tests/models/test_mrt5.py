@@ -637,6 +637,16 @@ def test_add_delete_gate_to_gateless_params():
   assert jax.tree_util.tree_map(jnp.shape, params) == want
   with pytest.raises(ValueError, match="already"):
     mrt5.add_delete_gate(params, GATED)
+  # scanned: the gateless stack splits at the gate
+  from models.formats import tree
+
+  scanned = mrt5.add_delete_gate(tree.stack_layers(plain), GATED.replace(scan_layers=True))
+  want = jax.tree_util.tree_map(jnp.shape, _params(GATED.replace(scan_layers=True), enc, dec))
+  assert jax.tree_util.tree_map(jnp.shape, scanned) == want
+  np.testing.assert_array_equal(
+    scanned["encoder"]["layers_after_gate"]["mlp"]["wo"],
+    tree.stack_layers(params, GATED.delete_gate_layer)["encoder"]["layers_after_gate"]["mlp"]["wo"],
+  )
 
 
 def test_gate_params_shard_by_their_logical_axes():
