@@ -60,8 +60,8 @@ def _setup(cfg=CFG, alpha0=0.0, rules="data_parallel"):
   return placement, module, tx, shardings, state, batch
 
 
-def _steps(n, deletion, accumulation_steps=1, rules="data_parallel", alpha0=0.0):
-  placement, module, tx, shardings, state, batch = _setup(alpha0=alpha0, rules=rules)
+def _steps(n, deletion, accumulation_steps=1, rules="data_parallel", alpha0=0.0, cfg=CFG):
+  placement, module, tx, shardings, state, batch = _setup(cfg, alpha0=alpha0, rules=rules)
   step = placement.jit(
     state_lib.make_train_step(
       module, tx, LR, accumulation_steps=accumulation_steps, deletion=deletion
@@ -148,6 +148,23 @@ def test_a_high_target_raises_the_deleted_fraction():
   first, last = ms[0]["deleted_fraction"], ms[-1]["deleted_fraction"]
   assert last > first + 0.3, (first, last)
   assert all(np.isfinite(m["loss"]) for m in ms)
+
+
+def test_scanned_gated_model_trains_sharded():
+  """scan_layers with a gate: the encoder's two scanned stacks shard by their logical axes
+  (fsdp over 8 fake devices), and the step trains the gate and steps the controller."""
+  cfg = CFG.replace(scan_layers=True, num_encoder_layers=3)
+  deletion = state_lib.DeletionConfig(target=0.9, k_p=0.5, k_i=1e-2)
+  _, _, s0, s1, ms = _steps(2, deletion, rules="fsdp", cfg=cfg)
+  enc = s1["params"]["encoder"]
+  assert (
+    enc["layers"]["mlp"]["wo"].shape[0] == 1 and enc["layers_after_gate"]["mlp"]["wo"].shape[0] == 2
+  )
+  gate0 = s0["params"]["encoder"]["delete_gate"]["feed_forward"]["kernel"]
+  assert np.abs(enc["delete_gate"]["feed_forward"]["kernel"] - gate0).max() > 0
+  assert all(np.isfinite(m["loss"]) for m in ms)
+  assert ms[0]["alpha"] == 0 and ms[1]["alpha"] > 0 and ms[1]["gate_loss"] < 0
+  assert float(s1[state_lib.PI_KEY]["alpha"]) > 0
 
 
 def test_without_a_gate_the_state_has_no_controller():
