@@ -587,6 +587,19 @@ def test_hf_round_trip_of_an_mrt5_state_dict():
   assert sorted(back) == sorted(sd)
   for k in sd:
     np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+  # into and out of the scanned layout (two encoder stacks around the gate)
+  from models.formats.tree import flatten, stack_layers
+
+  scanned_cfg = cfg.replace(scan_layers=True)
+  scanned = hf.params_from_hf_state_dict(sd, scanned_cfg)
+  want = flatten(stack_layers(params, cfg.delete_gate_layer))
+  assert sorted(flatten(scanned)) == sorted(want)
+  for k, v in flatten(scanned).items():
+    np.testing.assert_array_equal(v, want[k], err_msg=str(k))
+  back = hf.params_to_hf_state_dict(scanned, scanned_cfg)
+  assert sorted(back) == sorted(sd)
+  for k in sd:
+    np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
   # the converted params run
   enc, dec = _batch(np.random.default_rng(14))
   assert np.isfinite(np.asarray(Transformer(cfg).apply({"params": params}, enc, dec))).all()
