@@ -131,10 +131,13 @@ class InferenceEvaluator:
     self, step: int, predict_fn: PredictFn, score_fn: ScoreFn | None = None
   ) -> dict[str, float]:
     """Decodes every cached example with `predict_fn` (and scores the targets with
-    `score_fn` for tasks with score metrics); returns {"<task>/<metric>": value}."""
+    `score_fn` for tasks with score metrics); returns {"<task>/<metric>": value}, with an MrT5
+    predict fn's (`predict_fn.deletion_counts`) hard-deletion metrics per task as well."""
     if _OutputType.SCORE in self._output_types and score_fn is None:
       raise ValueError(f"tasks {self.task_names} have score metrics: pass a score_fn")
     task_of = {id(ds): name for name, ds in self._evaluator.cached_model_datasets.items()}
+    counts = getattr(predict_fn, "deletion_counts", None)
+    deletion = {}  # task: its hard-deletion metrics
 
     def batches(ds: tf.data.Dataset, what: str):
       """(indices [b], features [b, ...]) batches of an enumerated dataset, with a bar."""
@@ -147,11 +150,14 @@ class InferenceEvaluator:
 
     def seqio_predict(ds: tf.data.Dataset, model_feature_shapes=None):
       del model_feature_shapes
+      before = dataclasses.replace(counts) if counts is not None else None
       indices, rows = [], []
       for batch_indices, features in batches(ds, "predict"):
         tokens_BL, _ = infer.run_predict(predict_fn, features, len(batch_indices), self.batch_size)
         indices.extend(int(i) for i in batch_indices)
         rows.extend(tokens_BL)
+      if counts is not None and id(ds) in task_of:
+        deletion[task_of[id(ds)]] = counts.since(before).metrics()
       # seqio stacks the predictions into one array (NumPy 2 refuses ragged rows):
       # every row zero-padded to the longest.
       length = max((len(r) for r in rows), default=0)
@@ -172,7 +178,10 @@ class InferenceEvaluator:
       predict_fn=seqio_predict,
       score_fn=seqio_score if score_fn is not None else None,
     )
-    return flatten_metrics(future.result())
+    results = flatten_metrics(future.result())
+    for task, metrics in deletion.items():
+      results.update({f"{task}/{k}": v for k, v in metrics.items()})
+    return results
 
 
 # ----------------------------------------------------------------------------------------------

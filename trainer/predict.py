@@ -53,6 +53,41 @@ class DecodeConfig:
   deletion_bucket: int = 64
 
 
+@dataclasses.dataclass
+class DeletionCounts:
+  """What MrT5's hard deletion did in the batches a predict fn decoded, over rows holding a real
+  input token: the real tokens, the deleted ones, and the encoder slots the layers from the gate
+  on ran over (S' per row) against the inputs' full length (S per row)."""
+
+  real: int = 0
+  deleted: int = 0
+  slots: int = 0
+  full_slots: int = 0
+
+  def add(self, tokens_BS: np.ndarray, key_ok_BS: np.ndarray) -> None:
+    """One batch: its input tokens and the hard-deletion memory's kept-slot mask [B, S']."""
+    rows_B = (np.asarray(tokens_BS) > 0).any(axis=1)
+    real = int((np.asarray(tokens_BS)[rows_B] > 0).sum())
+    self.real += real
+    self.deleted += real - int(np.asarray(key_ok_BS)[rows_B].sum())
+    self.slots += int(rows_B.sum()) * key_ok_BS.shape[1]
+    self.full_slots += int(rows_B.sum()) * tokens_BS.shape[1]
+
+  def since(self, earlier: DeletionCounts) -> DeletionCounts:
+    return DeletionCounts(*(getattr(self, f) - getattr(earlier, f) for f in _COUNT_FIELDS))
+
+  def metrics(self) -> dict[str, float]:
+    """decode_deleted_fraction (of the real tokens) and decode_slots_fraction (S' / S: the
+    share of full-length encoder work the layers after the gate did)."""
+    return {
+      "decode_deleted_fraction": self.deleted / max(self.real, 1),
+      "decode_slots_fraction": self.slots / max(self.full_slots, 1),
+    }
+
+
+_COUNT_FIELDS = tuple(f.name for f in dataclasses.fields(DeletionCounts))
+
+
 def prompt_length(task_feature_lengths: Mapping[str, int]) -> int:
   """P, the width of a decoder-only model's prompts: the start token and the inputs."""
   return task_feature_lengths.get("inputs", 0) + 1
@@ -113,9 +148,11 @@ def make_predict_fn(
   """numpy batch -> (tokens [B, L], scores [B]) with the model's decoding, on the mesh.
   A decoder-only model needs `prompt_length`, its prompts' width (`prompt_length(lengths)`):
   one shape, so one compilation, for every batch. Sampling draws a new key per call, from
-  `seed`. An MrT5 model decodes with hard deletion (`decoding_inputs`)."""
+  `seed`. An MrT5 model decodes with hard deletion (`decoding_inputs`) and adds up what it
+  deleted in the fn's `deletion_counts` (a `DeletionCounts`; None without a gate)."""
   key, calls = jax.random.key(seed), itertools.count()
   decoder_only = module.config.architecture == "decoder_only"
+  counts = None if module.config.delete_gate_layer is None else DeletionCounts()
   if decoder_only and prompt_length is None:
     raise ValueError("a decoder-only model's predict fn needs prompt_length (inputs length + 1)")
 
@@ -127,6 +164,8 @@ def make_predict_fn(
     features = data.replicated_batch(features, placement.batch_sharding)
     with placement.context():
       m, encoded = decoding_inputs(module, params, features, decode.deletion_bucket)
+      if counts is not None:
+        counts.add(batch["encoder_input_tokens"], data.to_host(encoded.key_ok_BS))
       tokens, scores = decoding.decode(
         m,
         params,
@@ -144,6 +183,7 @@ def make_predict_fn(
       )
     return data.to_host(tokens), data.to_host(scores)
 
+  predict.deletion_counts = counts
   return predict
 
 

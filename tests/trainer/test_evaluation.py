@@ -10,6 +10,7 @@ import seqio
 import tasks
 from tasks import metrics
 from trainer.evaluation import InferenceEvaluator, flatten_metrics
+from trainer.predict import DeletionCounts
 
 BYTES = seqio.ByteVocabulary()
 FEATURES = {
@@ -94,6 +95,37 @@ def test_copy_scores_100_garbage_scores_low_and_last_batch_is_padded(
 
   garbage = evaluator.evaluate(6, CopyModel(garbage=True))
   assert garbage[f"{name}/bleu"] < 5 and garbage[f"{name}/chrf"] < 20
+
+
+class HalfDeletingCopyModel(CopyModel):
+  """CopyModel that reports, as an MrT5 predict fn does, hard deletion keeping the first half
+  (rounded up) of each row's real tokens, on S' = S / 2 slots."""
+
+  def __init__(self):
+    super().__init__()
+    self.deletion_counts = DeletionCounts()
+
+  def __call__(self, batch):
+    tokens_BS = batch["encoder_input_tokens"]
+    B, S = tokens_BS.shape
+    kept_B = -(-(tokens_BS > 0).sum(axis=1) // 2)
+    self.deletion_counts.add(tokens_BS, np.arange(S // 2)[None, :] < kept_B[:, None])
+    return super().__call__(batch)
+
+
+def test_an_mrt5_predict_fn_adds_its_hard_deletion_per_task(make_text_task, texts):
+  name = _copy_task(make_text_task, {"validation": texts})
+  evaluator = InferenceEvaluator(name, "validation", LENGTHS, batch_size=3)
+  model = HalfDeletingCopyModel()
+  for step in (1, 2):  # each call reports its own batches
+    result = evaluator.evaluate(step, model)
+    lengths = [len(t.encode()) + 1 for t in texts]  # bytes and EOS
+    deleted = sum(n // 2 for n in lengths) / sum(lengths)
+    assert result[f"{name}/decode_deleted_fraction"] == pytest.approx(deleted)
+    assert result[f"{name}/decode_slots_fraction"] == pytest.approx(0.5)  # only real rows count
+    assert result[f"{name}/bleu"] == pytest.approx(100.0)
+  assert model.deletion_counts.real == 2 * sum(lengths)
+  assert not set(evaluator.evaluate(3, CopyModel())) & {f"{name}/decode_deleted_fraction"}
 
 
 def test_mixture_evaluates_only_tasks_with_metrics(make_text_task, texts):

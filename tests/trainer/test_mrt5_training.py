@@ -244,6 +244,16 @@ def test_predict_and_score_delete_hard_and_match_soft_deletion():
     module, params, placement, max_decode_length=6, decode=predict_lib.DecodeConfig()
   )
   tokens, scores = predict(batch)
+  # what it deleted: the gate's count on these inputs, on kept_length slots per row
+  gate = mrt5.compute_gate(module, params, jnp.asarray(enc))
+  real = np.asarray(enc) > 0
+  counts = predict.deletion_counts
+  assert counts.real == real.sum() and counts.full_slots == enc.size
+  deleted = (np.asarray(gate) <= CFG.gate_threshold) & real
+  assert counts.deleted == deleted.sum() > 0
+  bucket = predict_lib.DecodeConfig().deletion_bucket
+  kept_length = mrt5.kept_length_for((real & ~deleted).sum(1).max(), enc.shape[1], bucket)
+  assert counts.slots == len(enc) * kept_length
   want_tokens, want_scores = decoding.decode(
     module, params, {"encoder_input_tokens": enc}, max_decode_length=6
   )
