@@ -66,10 +66,11 @@ class DeletionCounts:
 
   def add(self, tokens_BS: np.ndarray, key_ok_BS: np.ndarray) -> None:
     """One batch: its input tokens and the hard-deletion memory's kept-slot mask [B, S']."""
-    rows_B = (np.asarray(tokens_BS) > 0).any(axis=1)
-    real = int((np.asarray(tokens_BS)[rows_B] > 0).sum())
+    tokens_BS, key_ok_BS = np.asarray(tokens_BS), np.asarray(key_ok_BS)
+    rows_B = (tokens_BS > 0).any(axis=1)
+    real = int((tokens_BS[rows_B] > 0).sum())
     self.real += real
-    self.deleted += real - int(np.asarray(key_ok_BS)[rows_B].sum())
+    self.deleted += real - int(key_ok_BS[rows_B].sum())
     self.slots += int(rows_B.sum()) * key_ok_BS.shape[1]
     self.full_slots += int(rows_B.sum()) * tokens_BS.shape[1]
 
