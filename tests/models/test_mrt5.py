@@ -32,12 +32,9 @@ TINY = T5Config(
   kernels="cpu",
 )
 GATED = TINY.replace(delete_gate_layer=1, use_softmax1=True)
-# the gate on the other layer layouts: scanned stacks, umT5's position bias in every layer
-VARIANTS = {
-  "scanned": dict(scan_layers=True),
-  "umt5": dict(relative_attention_per_layer=True),
-  "umt5-scanned": dict(relative_attention_per_layer=True, scan_layers=True),
-}
+# the gate on the other layer layouts at once: scanned stacks, umT5's position bias in every
+# layer (test_scanned_gated_model_equals_the_unrolled_one checks scanned T5 on its own)
+VARIANTS = {"umt5-scanned": dict(relative_attention_per_layer=True, scan_layers=True)}
 
 
 def _rel(a, b):
@@ -263,7 +260,7 @@ def test_compaction_keeps_order_and_marks_empty_slots():
 
 @pytest.mark.parametrize(
   "kernels, variant",
-  [("cpu", None), ("reference", None), *(("cpu", v) for v in VARIANTS)],
+  [("cpu", None), ("reference", None), ("cpu", "umt5-scanned")],
 )
 def test_hard_equals_soft_for_a_saturated_gate(kernels, variant):
   """Also scanned (hard deletion shortens the sequence between the two scanned stacks) and with
@@ -434,8 +431,10 @@ def test_hard_encode_equals_the_recompute_with_packing(variant):
   _assert_same_memory(h.memory, _jit_encode(old, params, enc, enc_seg))
 
 
-@pytest.mark.parametrize("gate_layer, umt5", [(0, False), (2, True)], ids=["at-0", "umt5-at-2"])
-def test_scanned_gated_model_equals_the_unrolled_one(gate_layer, umt5):
+@pytest.mark.parametrize(
+  "gate_layer, umt5, check_grads", [(0, False, False), (2, True, True)], ids=["at-0", "umt5-at-2"]
+)
+def test_scanned_gated_model_equals_the_unrolled_one(gate_layer, umt5, check_grads):
   """The scanned layout (`layers` before the gate, `layers_after_gate` from it on) holds the
   unrolled params stacked (`formats.tree.stack_layers`); logits soft and hard, and gradients,
   are the unrolled model's."""
@@ -452,8 +451,8 @@ def test_scanned_gated_model_equals_the_unrolled_one(gate_layer, umt5):
   z = -jax.scipy.special.logit(g / K)[enc > 0]
   params = _saturate(raw, bias=-1e4 * float(jnp.median(z)))
   stacked = tree.stack_layers(params, gate_layer)
-  shapes = lambda t: jax.tree.map(jnp.shape, t)
-  assert shapes(stacked) == shapes(_params(scanned_cfg, enc, dec))
+  init = jax.eval_shape(Transformer(scanned_cfg).init, jax.random.PRNGKey(0), enc, dec)
+  assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(jnp.shape, nn.unbox(init["params"]))
   for deletion in ("soft", "hard"):
     outs = []
     for c, p in ((cfg, params), (scanned_cfg, stacked)):
@@ -463,6 +462,8 @@ def test_scanned_gated_model_equals_the_unrolled_one(gate_layer, umt5):
         assert m.kept_length < 16
       outs.append(jax.jit(lambda p, m=m: m.apply({"params": p}, enc, dec))(p))
     assert _rel(outs[1], outs[0]) < 1e-5, deletion
+  if not check_grads:
+    return
 
   def grads(c, p):
     def loss(p):
