@@ -222,8 +222,8 @@ def _after_gate(cfg, gate_pass, relpos, deterministic, deletion, kept_length, bi
   key_ok_BS, seg_BS, positions_BS = real_BS, gate_pass.segment_ids_BS, None
   if deletion == "hard":
     keep_BS = (gate_BS > cfg.gate_threshold) & real_BS
-    S = x.shape[1] if kept_length is None else kept_length
-    positions_BS, key_ok_BS = mrt5.compaction(keep_BS, S)
+    kept = x.shape[1] if kept_length is None else kept_length
+    positions_BS, key_ok_BS = mrt5.compaction(keep_BS, kept)
     x, gate_BS = mrt5.gather_slots(x, positions_BS), mrt5.gather_slots(gate_BS, positions_BS)
     if seg_BS is not None:
       seg_BS = jnp.where(key_ok_BS, mrt5.gather_slots(seg_BS, positions_BS), 0)

@@ -75,7 +75,8 @@ class DeletionCounts:
     self.full_slots += int(rows_B.sum()) * tokens_BS.shape[1]
 
   def since(self, earlier: DeletionCounts) -> DeletionCounts:
-    return DeletionCounts(*(getattr(self, f) - getattr(earlier, f) for f in _COUNT_FIELDS))
+    fields = (f.name for f in dataclasses.fields(self))
+    return DeletionCounts(*(getattr(self, f) - getattr(earlier, f) for f in fields))
 
   def metrics(self) -> dict[str, float]:
     """decode_deleted_fraction (of the real tokens) and decode_slots_fraction (S' / S: the
@@ -84,9 +85,6 @@ class DeletionCounts:
       "decode_deleted_fraction": self.deleted / max(self.real, 1),
       "decode_slots_fraction": self.slots / max(self.full_slots, 1),
     }
-
-
-_COUNT_FIELDS = tuple(f.name for f in dataclasses.fields(DeletionCounts))
 
 
 def prompt_length(task_feature_lengths: Mapping[str, int]) -> int:

@@ -107,7 +107,7 @@ class HalfDeletingCopyModel(CopyModel):
 
   def __call__(self, batch):
     tokens_BS = batch["encoder_input_tokens"]
-    B, S = tokens_BS.shape
+    S = tokens_BS.shape[1]
     kept_B = -(-(tokens_BS > 0).sum(axis=1) // 2)
     self.deletion_counts.add(tokens_BS, np.arange(S // 2)[None, :] < kept_B[:, None])
     return super().__call__(batch)
